@@ -1,0 +1,3 @@
+from .kvasir import KvasirSEGDataset
+
+__all__ = ['KvasirSEGDataset']

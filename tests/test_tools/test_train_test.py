@@ -1,0 +1,69 @@
+"""tools/train.py, tools/test.py and --resume, as a user runs them."""
+import glob
+import os.path as osp
+import re
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO_ROOT, shared_data_root, tiny_config
+
+
+def run_tool(*args, timeout=600):
+    proc = subprocess.run([sys.executable, *args], cwd=REPO_ROOT, capture_output=True,
+                          text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout + proc.stderr
+
+
+def metric(log: str, name: str) -> float:
+    return float(re.findall(rf'\b{name}: ([\d.]+)', log)[-1])
+
+
+def train_and_test(tmp_path, data_root, checkpoint=None, max_iters=4):
+    cfg = tiny_config(str(tmp_path / 'cfg.py'), data_root, checkpoint=checkpoint,
+                      max_iters=max_iters)
+    work = str(tmp_path / 'work')
+    train_log = run_tool('tools/train.py', cfg, '--work-dir', work)
+    assert 'Saving checkpoint at 4 iterations' in train_log
+    assert 'loss:' in train_log and 'eta:' in train_log
+    ckpt = osp.join(work, f'iter_{max_iters}.pth')
+    test_log = run_tool('tools/test.py', cfg, ckpt, '--work-dir', work)
+    for name in ('Jaccard', 'Dice', 'mIoU', 'mDice'):
+        assert 0 <= metric(test_log, name) <= 100
+    return cfg, work, test_log
+
+
+def test_train_test_resume_on_generated_data(tmp_path, binary_dataset, official_sam):
+    _, sam_path = official_sam
+    cfg, work, _ = train_and_test(tmp_path, binary_dataset, checkpoint=sam_path)
+    log = run_tool('tools/train.py', cfg, '--work-dir', work, '--resume',
+                   '--cfg-options', 'train_cfg.max_iters=6')
+    assert re.search(r'resumed epoch: \d+, iter: 4', log)
+    assert 'Iter(train) [6/6]' in log
+    assert osp.isfile(osp.join(work, 'iter_6.pth'))
+
+
+def test_data_root_flag_and_amp_refusal(tmp_path, binary_dataset):
+    cfg = tiny_config(str(tmp_path / 'cfg.py'), '/nonexistent')
+    proc = subprocess.run([sys.executable, 'tools/train.py', cfg, '--amp', '--data-root',
+                           binary_dataset, '--work-dir', str(tmp_path / 'w')],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert '--amp needs a CUDA device' in proc.stderr
+    assert not glob.glob(str(tmp_path / 'w' / '*.pth'))
+
+
+@pytest.mark.slow
+def test_train_test_on_real_kvasir(tmp_path):
+    root = shared_data_root('kvasir_seg')
+    if not osp.isdir(root):
+        pytest.skip(f'Kvasir-SEG not found at {root} (set NASLORA_DATA)')
+    cfg = tiny_config(str(tmp_path / 'cfg.py'), '/nonexistent', extra=(
+        "val_dataloader = dict(dataset=dict(indices=8))\n"
+        "test_dataloader = val_dataloader\n"))
+    work = str(tmp_path / 'work')
+    run_tool('tools/train.py', cfg, '--data-root', root, '--work-dir', work)
+    log = run_tool('tools/test.py', cfg, osp.join(work, 'iter_4.pth'), '--data-root', root)
+    assert 'Iter(test) [8/8]' in log
+    assert 0 <= metric(log, 'Dice') <= 100

@@ -1,0 +1,51 @@
+"""Convert ETIS-LaribPolypDB to mmseg's layout (test split only).
+
+Silva et al., "Toward embedded detection of polyps in WCE images for early
+diagnosis of colorectal cancer", IJCARS 2014. In the polyp benchmark of
+PraNet (Fan et al., MICCAI 2020), followed by the SAM fine-tuning papers,
+ETIS-LaribPolypDB is an unseen test set: models train on Kvasir-SEG +
+CVC-ClinicDB and are tested here. The benchmark copy is PraNet's
+``TestDataset`` package, which is the layout assumed::
+
+    TestDataset/ETIS-LaribPolypDB/images/*.png     196 images
+    TestDataset/ETIS-LaribPolypDB/masks/*.png      0/255 masks
+
+``SRC`` is the folder holding ``TestDataset/`` (or ``TestDataset.zip``).
+Output (``ETISLaribDataset``)::
+
+    OUT_DIR/img_dir/test/<name>.png   (bytes copied)
+    OUT_DIR/ann_dir/test/<name>.png   (0 background, 1 polyp)
+
+Usage::
+
+    python tools/dataset_converters/etis.py PraNet/data -o data/etis
+"""
+import os.path as osp
+import sys
+from typing import Dict, Optional, Sequence
+
+sys.path.insert(0, osp.dirname(osp.abspath(__file__)))  # for _common
+from _common import (SourceTree, binary_mask_to_index, cli,  # noqa: E402
+                     pranet_test_samples, report, write_dataset)
+
+EXPECTED = dict(test=196)
+CLASSES = ('background', 'polyp')
+
+
+def convert(src, out_dir, overwrite: bool = False) -> Dict[str, Dict]:
+    """Convert PraNet's ``TestDataset/ETIS-LaribPolypDB``; returns the counts."""
+    tree = SourceTree(src)
+    samples = pranet_test_samples(tree, 'ETIS-LaribPolypDB')
+    stats = write_dataset(tree, samples, out_dir, img_ext='.png',
+                          mask_fn=binary_mask_to_index, overwrite=overwrite,
+                          dataset='ETIS-LaribPolypDB')
+    print(report('ETIS-LaribPolypDB', out_dir, stats, EXPECTED, CLASSES))
+    return stats
+
+
+def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Dict]:
+    return cli(__doc__, convert, argv)
+
+
+if __name__ == '__main__':
+    main()
