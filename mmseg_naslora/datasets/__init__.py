@@ -1,3 +1,4 @@
+from .camvid import CamVidDataset
 from .kvasir import KvasirSEGDataset
 
-__all__ = ['KvasirSEGDataset']
+__all__ = ['CamVidDataset', 'KvasirSEGDataset']

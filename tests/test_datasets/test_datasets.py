@@ -3,7 +3,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import shared_data_root
 from mmengine.registry import init_default_scope
+from mmseg.registry import DATASETS
 from PIL import Image
 
 import mmseg_naslora.datasets.binary  # noqa: F401
@@ -14,10 +16,9 @@ import mmseg_naslora.datasets.polyp  # noqa: F401
 import mmseg_naslora.datasets.roads  # noqa: F401
 import mmseg_naslora.datasets.shadow  # noqa: F401
 import mmseg_naslora.datasets.trans10k  # noqa: F401
-from mmseg.registry import DATASETS
 
 PIPELINE = [dict(type='LoadImageFromFile'), dict(type='LoadAnnotations')]
-SHARED = Path(__file__).resolve().parents[2] / '../shared/data'
+KVASIR = Path(shared_data_root('kvasir_seg'))
 CONVERTERS = Path(__file__).resolve().parents[2] / 'tools/dataset_converters'
 
 # class name: (image suffix, foreground class name)
@@ -124,11 +125,11 @@ def test_wrong_suffix_is_reported(tmp_path):
         build('CAMODataset', tmp_path)
 
 
-@pytest.mark.skipif(not (SHARED / 'kvasir_seg').is_dir(),
+@pytest.mark.skipif(not KVASIR.is_dir(),
                     reason='shared kvasir_seg data not available')
 def test_real_binary_data():
     """The shared Kvasir-SEG copy has this layout: 0/1 masks, JPEG images."""
-    ds = build('BinarySegDataset', SHARED / 'kvasir_seg', 'val')
+    ds = build('BinarySegDataset', KVASIR, 'val')
     assert len(ds) == 89
     seg = ds[0]['gt_seg_map']
     assert seg.shape == ds[0]['img'].shape[:2]

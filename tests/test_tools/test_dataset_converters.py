@@ -2,6 +2,7 @@
 import importlib.util
 import io
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -10,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from mmengine.registry import init_default_scope
+from mmseg.registry import DATASETS
 from PIL import Image
 
 import mmseg_naslora.datasets.camouflage  # noqa: F401
@@ -20,7 +22,6 @@ import mmseg_naslora.datasets.polyp  # noqa: F401
 import mmseg_naslora.datasets.roads  # noqa: F401
 import mmseg_naslora.datasets.shadow  # noqa: F401
 import mmseg_naslora.datasets.trans10k  # noqa: F401
-from mmseg.registry import DATASETS
 
 CONVERTERS = Path(__file__).resolve().parents[2] / 'tools/dataset_converters'
 PIPELINE = [dict(type='LoadImageFromFile'), dict(type='LoadAnnotations')]
@@ -295,19 +296,30 @@ def test_isic_skips_extras_and_keeps_jpeg_bytes(tmp_path):
     np.testing.assert_array_equal(ann, mask255(1) // 255)
 
 
-def test_isic_from_official_zips_under_a_wrapper_folder(tmp_path):
+def test_isic_from_official_zips(tmp_path):
     extracted = tmp_path / 'extracted'
     isic_tree(extracted)
     src = tmp_path / 'downloads'
     src.mkdir()
+    everything = zipfile.ZipFile(tmp_path / 'all.zip', 'w')
     for folder in extracted.iterdir():
         with zipfile.ZipFile(src / f'{folder.name}.zip', 'w') as zf:
             for f in folder.iterdir():
                 zf.write(f, f'{folder.name}/{f.name}')
+                everything.write(f, f'wrapper/{folder.name}/{f.name}')
             zf.writestr('__MACOSX/._junk', b'')
-    stats = load('isic2017').convert(tmp_path, tmp_path / 'out')
-    assert stats['train']['images'] == 3
+    everything.close()
+    shutil.rmtree(extracted)
+    conv = load('isic2017')
+    # The six official zips side by side, read without extracting.
+    stats = conv.convert(src, tmp_path / 'out')
+    assert {k: v['images'] for k, v in stats.items()} == dict(
+        train=3, val=1, test=2)
     assert len(build('ISIC2017Dataset', tmp_path / 'out', 'test')) == 2
+    # One zip file, its layout under a wrapper folder.
+    stats = conv.convert(tmp_path / 'all.zip', tmp_path / 'out2')
+    assert stats['train']['images'] == 3
+    assert (tmp_path / 'out2/img_dir/val/ISIC_val000.jpg').is_file()
 
 
 def test_unknown_layout_is_refused_and_nothing_written(tmp_path):

@@ -67,3 +67,25 @@ def test_train_test_on_real_kvasir(tmp_path):
     log = run_tool('tools/test.py', cfg, osp.join(work, 'iter_4.pth'), '--data-root', root)
     assert 'Iter(test) [8/8]' in log
     assert 0 <= metric(log, 'Dice') <= 100
+
+
+@pytest.mark.slow
+def test_multiclass_set_head_on_real_camvid(tmp_path):
+    root = shared_data_root('camvid')
+    if not osp.isdir(root):
+        pytest.skip(f'CamVid not found at {root} (set NASLORA_DATA)')
+    cfg = tiny_config(
+        str(tmp_path / 'cfg.py'), root,
+        base='configs/sam_multiclass/lora_sam-vit-b-set_1xb4-20k_camvid-352x480.py',
+        max_iters=4, extra=(
+            "val_evaluator = dict(type='IoUMetric', iou_metrics=['mIoU'], _delete_=True)\n"
+            "test_evaluator = val_evaluator\n"
+            "val_dataloader = dict(dataset=dict(indices=4))\n"
+            "test_dataloader = val_dataloader\n"
+            "default_hooks = dict(checkpoint=dict(save_best=None))\n"))
+    work = str(tmp_path / 'work')
+    log = run_tool('tools/train.py', cfg, '--data-root', root, '--work-dir', work)
+    assert 'decode.loss_cls' in log and 'decode.loss_mask' in log and 'decode.loss_dice' in log
+    log = run_tool('tools/test.py', cfg, osp.join(work, 'iter_4.pth'), '--data-root', root)
+    assert 'bicyclist' in log  # the per-class table covers all 11 classes
+    assert 0 <= metric(log, 'mIoU') <= 100

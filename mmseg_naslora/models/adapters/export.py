@@ -1,13 +1,15 @@
 """Turn trained adapters into their inference form ("no re-training").
 
-Three modes, each reproducing the eval-mode model it starts from:
+Three modes; ``fold`` and ``collapse`` reproduce the eval-mode model exactly,
+``topk`` approximates it:
 
 ``fold``
-    Every adapter must be token-wise linear (:attr:`LoRA.mergeable` LoRA,
-    or a ``token_wise`` NAS cell of skip/none only or 1x1 conv bottleneck); ``s·B·M·A`` is added to ``W0`` and the
-    adapter is replaced by its base ``nn.Linear``. The state dict then has
-    the keys of an un-adapted model (``qkv.base_layer.weight`` ->
-    ``qkv.weight``) and the backbone config takes ``adapter=None``.
+    Every adapter must be token-wise linear (a :attr:`LoRA.mergeable` LoRA,
+    or a ``token_wise`` NAS cell or 1x1 :class:`ConvBottleneckLoRA`);
+    ``s·B·M·A`` is added to ``W0`` and the adapter is replaced by its base
+    ``nn.Linear``. The state dict then has the keys of an un-adapted model
+    (``qkv.base_layer.weight`` -> ``qkv.weight``) and the backbone config
+    takes ``adapter=None``.
 ``collapse``
     Every NAS-LoRA cell whose ops are all linear becomes one convolution
     (:meth:`NASLoRA.collapse`, a :class:`ConvBottleneckLoRA`).

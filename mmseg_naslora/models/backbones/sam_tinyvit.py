@@ -227,6 +227,17 @@ class SAMTinyViT(BaseModule):
         units.append((enc.neck, partial(_run_neck, enc.neck, (h // 4, w // 4))))
         return units
 
+    @staticmethod
+    def _grad_free_prefix(units: List[Tuple[nn.Module, Callable]], x: torch.Tensor) -> int:
+        """How many leading steps have no trainable weight and need no backward."""
+        if not torch.is_grad_enabled() or x.requires_grad:
+            return 0  # nothing to save, or the caller wants input gradients
+        count = 0
+        while count < len(units) and not any(
+                p.requires_grad for p in units[count][0].parameters()):
+            count += 1
+        return count
+
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor]:
         """Return ``(embedding, )``, the ``(B, 256, H/4, W/4)`` neck output."""
         h, w = x.shape[-2:]
@@ -235,11 +246,7 @@ class SAMTinyViT(BaseModule):
                 f'SAMTinyViT input {h}x{w} is not a multiple of {self.patch_stride}; '
                 'set the crop/resize size (or data_preprocessor size_divisor) accordingly.')
         units = self._units(h, w)
-        frozen = 0
-        if torch.is_grad_enabled() and not x.requires_grad:
-            while frozen < len(units) and not any(
-                    p.requires_grad for p in units[frozen][0].parameters()):
-                frozen += 1
+        frozen = self._grad_free_prefix(units, x)
         with torch.no_grad():
             for _, fn in units[:frozen]:
                 x = fn(x)

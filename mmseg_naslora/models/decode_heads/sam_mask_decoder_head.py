@@ -1,4 +1,5 @@
 """SAM's mask decoder as a prompt-free mmseg decode head."""
+import copy
 from typing import List, Optional, Sequence, Tuple
 
 import torch
@@ -6,6 +7,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from mmengine.logging import print_log
 from mmseg.models.decode_heads.decode_head import BaseDecodeHead
+from mmseg.models.losses import accuracy
+from mmseg.models.utils import resize
 from mmseg.registry import MODELS
 from segment_anything.modeling import MaskDecoder, PromptEncoder, TwoWayTransformer
 
@@ -23,16 +26,38 @@ class SAMMaskDecoderHead(BaseDecodeHead):
     upscaling path, the output tokens and the hypernetwork MLPs train, as in
     Conv-LoRA's and SAMed's prompt-free set-ups.
 
-    Binary mode (``num_classes=2``, ``out_channels=1``) predicts one sigmoid
-    logit map from SAM's first (single-mask) output token; mmseg's
-    ``threshold`` turns it into a mask.
+    Modes, chosen by ``num_classes``/``out_channels`` and ``mode``:
+
+    - binary (``num_classes=2``, ``out_channels=1``): SAM's first
+      (single-mask) token gives one sigmoid logit map; mmseg's ``threshold``
+      turns it into a mask, and ``loss_decode`` trains it.
+    - ``mode='set'`` (multi-class default; Conv-LoRA's multi-class head):
+      ``num_mask_tokens`` query tokens, all initialised from SAM's first mask
+      token, share its hypernetwork MLP; a new ``Linear(C, K+1)`` classifies
+      each query (the last class is "no object"). Pixel scores are
+      ``Σ_q softmax(cls_q)[:K]·sigmoid(mask_q)``; training uses the
+      Hungarian-matched :class:`MaskSetLoss` (``set_loss``), not ``loss_decode``.
+    - ``mode='per_class'`` (SAMed): one token and one hypernetwork MLP per
+      class, all initialised from SAM's first; the K mask logits are the
+      class logits, trained by ``loss_decode`` (e.g. CE + Dice).
 
     Args:
         in_channels (int): Channels of the image embedding. Defaults to 256.
         channels (int): Transformer width of the decoder. Defaults to 256.
-        num_classes (int): Number of classes; 2 for binary. Defaults to 2.
-        out_channels (int): 1 for a sigmoid binary head. Defaults to 1.
+        num_classes (int): Number of classes K; 2 with ``out_channels=1`` is
+            binary. Defaults to 2.
+        out_channels (int, optional): 1 for the sigmoid binary head, else K.
+            Defaults to 1 when ``num_classes`` is 2.
         threshold (float): Sigmoid threshold of the binary mask. Defaults to 0.5.
+        mode (str): ``'set'`` or ``'per_class'`` for multi-class heads.
+            Defaults to ``'set'``.
+        num_mask_tokens (int, optional): Queries of the set mode; at least K.
+            Defaults to ``max(K, min(2K, 100))``.
+        set_loss (dict): Config of the set-mode loss (``num_classes`` and
+            ``ignore_index`` are filled in). Defaults to
+            ``dict(type='MaskSetLoss')``.
+        token_noise (float): Relative noise added to the set-mode queries at
+            initialisation to break their symmetry. Defaults to 0.1.
         checkpoint (str, optional): Official SAM checkpoint; its
             ``prompt_encoder.*`` and ``mask_decoder.*`` weights are loaded by
             :meth:`init_weights`.
@@ -51,8 +76,12 @@ class SAMMaskDecoderHead(BaseDecodeHead):
                  in_channels: int = 256,
                  channels: int = 256,
                  num_classes: int = 2,
-                 out_channels: int = 1,
+                 out_channels: Optional[int] = None,
                  threshold: float = 0.5,
+                 mode: str = 'set',
+                 num_mask_tokens: Optional[int] = None,
+                 set_loss: dict = dict(type='MaskSetLoss'),
+                 token_noise: float = 0.1,
                  checkpoint: Optional[str] = None,
                  num_multimask_outputs: int = 3,
                  transformer_depth: int = 2,
@@ -64,15 +93,20 @@ class SAMMaskDecoderHead(BaseDecodeHead):
         if in_channels != channels:
             raise ValueError(f'SAM mask decoder works at the embedding width: '
                              f'in_channels ({in_channels}) must equal channels ({channels}).')
-        if num_classes != 2 or out_channels != 1:
-            raise ValueError(
-                'SAMMaskDecoderHead supports binary segmentation: set '
-                f'num_classes=2 and out_channels=1 (got {num_classes}, {out_channels}).')
+        if out_channels is None:
+            out_channels = 1 if num_classes == 2 else num_classes
+        binary = out_channels == 1
+        if binary and num_classes != 2:
+            raise ValueError(f'out_channels=1 is the binary head and needs num_classes=2, '
+                             f'got num_classes={num_classes}.')
+        if not binary and mode not in ('set', 'per_class'):
+            raise ValueError(f"mode must be 'set' or 'per_class', got {mode!r}.")
         super().__init__(in_channels=in_channels, channels=channels,
                          num_classes=num_classes, out_channels=out_channels,
-                         threshold=threshold, dropout_ratio=0.,
+                         threshold=threshold if binary else None, dropout_ratio=0.,
                          init_cfg=kwargs.pop('init_cfg', None), **kwargs)
         del self.conv_seg  # SAM's hypernetwork tokens replace the 1x1 classifier
+        self.mode = 'binary' if binary else mode
         self.checkpoint = checkpoint
         self.prompt_encoder = PromptEncoder(
             embed_dim=channels, image_embedding_size=(64, 64),
@@ -87,6 +121,39 @@ class SAMMaskDecoderHead(BaseDecodeHead):
             iou_head_hidden_dim=iou_head_hidden_dim)
         self.prompt_encoder.requires_grad_(False)
         self.mask_decoder.iou_prediction_head.requires_grad_(False)
+        self.token_noise = token_noise if self.mode == 'set' else 0.
+        if self.mode == 'set':
+            n = num_mask_tokens or max(num_classes, min(2 * num_classes, 100))
+            if n < num_classes:
+                raise ValueError(f'num_mask_tokens={n} must be at least num_classes={num_classes}.')
+            self.class_tokens = nn.Embedding(n, channels)
+            self.class_embed = nn.Linear(channels, num_classes + 1)
+            self.set_loss = MODELS.build(dict(set_loss, num_classes=num_classes,
+                                              ignore_index=self.ignore_index))
+        elif self.mode == 'per_class':
+            self.class_tokens = nn.Embedding(num_classes, channels)
+            self.class_hypernetworks = nn.ModuleList(
+                copy.deepcopy(self.mask_decoder.output_hypernetworks_mlps[0])
+                for _ in range(num_classes))
+        if self.mode != 'binary':
+            # SAM's own mask tokens give way to the class tokens.
+            self.mask_decoder.mask_tokens.requires_grad_(False)
+            self._init_class_tokens()
+
+    def _init_class_tokens(self) -> None:
+        """Start every class token (and per-class MLP) from SAM's first mask token.
+
+        Identical queries would receive opposite mask gradients that cancel in
+        the shared decoder, so the set mode adds a small perturbation
+        (``token_noise`` times the token's standard deviation) to break the tie.
+        """
+        dec = self.mask_decoder
+        first = dec.mask_tokens.weight[:1]
+        with torch.no_grad():
+            noise = torch.randn_like(self.class_tokens.weight) * first.std() * self.token_noise
+            self.class_tokens.weight.copy_(first.expand_as(self.class_tokens.weight) + noise)
+            for mlp in getattr(self, 'class_hypernetworks', []):
+                mlp.load_state_dict(dec.output_hypernetworks_mlps[0].state_dict())
 
     def init_weights(self) -> None:
         """Load ``prompt_encoder.*`` and ``mask_decoder.*`` of :attr:`checkpoint`."""
@@ -98,35 +165,78 @@ class SAMMaskDecoderHead(BaseDecodeHead):
             load_base_weights(getattr(self, name),
                               sub_state_dict(state, f'{name}.', self.checkpoint),
                               f'{self.checkpoint} ({name}.*)')
+        if self.mode != 'binary':
+            self._init_class_tokens()
         print_log(f'SAMMaskDecoderHead: loaded prompt_encoder.* and mask_decoder.* '
                   f'from {self.checkpoint}', logger='current')
         self._is_init = True
 
-    def predict_masks(self, image_embeddings: torch.Tensor) -> torch.Tensor:
+    def predict_masks(self, image_embeddings: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Run the decoder without prompts.
 
         Args:
             image_embeddings (Tensor): ``(B, C, h, w)`` encoder output.
 
         Returns:
-            Tensor: ``(B, T, 4h, 4w)`` mask logits, one per SAM mask token.
+            tuple[Tensor]: ``(B, T, 4h, 4w)`` mask logits, one per output
+            token (SAM's mask tokens, or the class tokens), and the ``(B, T, C)``
+            token outputs.
         """
         b, c, h, w = image_embeddings.shape
         dec = self.mask_decoder
         image_pe = self.prompt_encoder.pe_layer((h, w)).unsqueeze(0).expand(b, -1, -1, -1)
         dense = self.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
-        tokens = torch.cat([dec.iou_token.weight, dec.mask_tokens.weight])
+        out_tokens = dec.mask_tokens if self.mode == 'binary' else self.class_tokens
+        tokens = torch.cat([dec.iou_token.weight, out_tokens.weight])
         hs, src = dec.transformer(image_embeddings + dense, image_pe,
                                   tokens.unsqueeze(0).expand(b, -1, -1))
         upscaled = dec.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))
-        mask_tokens = hs[:, 1:1 + dec.num_mask_tokens]
-        hyper = torch.stack([mlp(mask_tokens[:, i])
-                             for i, mlp in enumerate(dec.output_hypernetworks_mlps)], 1)
-        return (hyper @ upscaled.flatten(2)).unflatten(2, upscaled.shape[-2:])
+        token_out = hs[:, 1:]
+        if self.mode == 'set':  # one MLP shared by all queries
+            hyper = dec.output_hypernetworks_mlps[0](token_out)
+        else:
+            mlps = (dec.output_hypernetworks_mlps
+                    if self.mode == 'binary' else self.class_hypernetworks)
+            hyper = torch.stack([mlp(token_out[:, i]) for i, mlp in enumerate(mlps)], 1)
+        masks = (hyper @ upscaled.flatten(2)).unflatten(2, upscaled.shape[-2:])
+        return masks, token_out
 
-    def forward(self, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Mask logits ``(B, 1, H, W)`` at the input size (16x the embedding)."""
-        x = self._transform_inputs(inputs)
-        logits = self.predict_masks(x)[:, :1]
-        return F.interpolate(logits, scale_factor=4, mode='bilinear',
+    def forward(self, inputs: Sequence[torch.Tensor]):
+        """Logits at the input size (16x the embedding).
+
+        Returns:
+            Tensor | tuple[Tensor]: ``(B, 1, H, W)`` (binary), ``(B, K, H, W)``
+            (per_class), or the set mode's ``(cls_logits (B, N, K+1),
+            mask_logits (B, N, H/4, W/4))``.
+        """
+        masks, token_out = self.predict_masks(self._transform_inputs(inputs))
+        if self.mode == 'set':
+            return self.class_embed(token_out), masks
+        if self.mode == 'binary':
+            masks = masks[:, :1]
+        return F.interpolate(masks, scale_factor=4, mode='bilinear',
                              align_corners=self.align_corners)
+
+    @staticmethod
+    def semantic_scores(cls_logits: torch.Tensor, mask_logits: torch.Tensor) -> torch.Tensor:
+        """``Σ_q softmax(cls_q)[:K]·sigmoid(mask_q)``: per-pixel class scores ``(B, K, h, w)``."""
+        prob = cls_logits.float().softmax(-1)[..., :-1]
+        return torch.einsum('bqk,bqhw->bkhw', prob, mask_logits.float().sigmoid())
+
+    def loss_by_feat(self, seg_logits, batch_data_samples) -> dict:
+        if self.mode != 'set':
+            return super().loss_by_feat(seg_logits, batch_data_samples)
+        cls_logits, mask_logits = seg_logits
+        labels = self._stack_batch_gt(batch_data_samples)[:, 0]
+        losses = self.set_loss(cls_logits, mask_logits, labels)
+        with torch.no_grad():
+            scores = resize(self.semantic_scores(cls_logits, mask_logits),
+                            size=labels.shape[-2:], mode='bilinear',
+                            align_corners=self.align_corners)
+            losses['acc_seg'] = accuracy(scores, labels, ignore_index=self.ignore_index)
+        return losses
+
+    def predict_by_feat(self, seg_logits, batch_img_metas: List[dict]) -> torch.Tensor:
+        if self.mode == 'set':
+            seg_logits = self.semantic_scores(*seg_logits)
+        return super().predict_by_feat(seg_logits, batch_img_metas)

@@ -1,5 +1,6 @@
 from .focal_tversky_loss import FocalTverskyLoss
+from .mask_set_loss import MaskSetLoss
 from .soft_dice_loss import SoftDiceLoss
 from .structure_loss import StructureLoss
 
-__all__ = ['FocalTverskyLoss', 'SoftDiceLoss', 'StructureLoss']
+__all__ = ['FocalTverskyLoss', 'MaskSetLoss', 'SoftDiceLoss', 'StructureLoss']

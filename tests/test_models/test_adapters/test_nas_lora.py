@@ -336,3 +336,22 @@ def test_conv_bottleneck_lora():
     assert point.token_wise
     folded = point.base_layer(x) + x @ point.delta_weight().t()
     assert (folded - point(x)).abs().max() < 1e-5
+
+
+def test_random_channels_survive_activation_checkpointing():
+    # The recompute must draw the same channels, or the gradients are wrong.
+    cfg = dict(type='NASPCLoRA', rank=3, pc_channel_choice='random',
+               op_variant='linear')
+    plain = tiny_sam(cfg).train()
+    randomise(plain)
+    ckpt = MODELS.build(dict(type='SAMViT', arch=TINY_ARCH, img_size=128,
+                             window_size=4, out_channels=32, adapter=cfg,
+                             with_cp=True)).train()
+    ckpt.load_state_dict(plain.state_dict())
+    x = torch.randn(1, 3, 64, 64)
+    for model in (plain, ckpt):
+        torch.manual_seed(7)
+        model(x)[0].square().mean().backward()
+    for (name, p), q in zip(plain.named_parameters(), ckpt.parameters()):
+        if p.requires_grad:
+            assert torch.allclose(p.grad, q.grad, rtol=1e-4, atol=1e-7), name

@@ -60,7 +60,7 @@ def test_matches_segment_anything_single_mask_output(official_sam):
         sparse, dense = sam.prompt_encoder(points=None, boxes=None, masks=None)
         ref, _ = sam.mask_decoder(emb, sam.prompt_encoder.get_dense_pe(), sparse, dense,
                                   multimask_output=False)
-        ours = head.predict_masks(emb)[:, :1]
+        ours = head.predict_masks(emb)[0][:, :1]
     assert torch.allclose(ours, ref, atol=1e-5)
 
 
@@ -104,6 +104,10 @@ def test_predict_gives_binary_map_through_mmseg_postprocess():
     assert torch.equal(pred[0].bool(), logits[0] > 0.5)
 
 
-def test_multiclass_settings_are_refused_clearly():
-    with pytest.raises(ValueError, match='num_classes=2 and out_channels=1'):
-        SAMMaskDecoderHead(num_classes=5, out_channels=5, loss_decode=LOSS)
+def test_invalid_settings_are_refused_clearly():
+    with pytest.raises(ValueError, match='needs num_classes=2'):
+        SAMMaskDecoderHead(num_classes=5, out_channels=1, loss_decode=LOSS)
+    with pytest.raises(ValueError, match='num_mask_tokens=3 must be at least num_classes=5'):
+        SAMMaskDecoderHead(num_classes=5, num_mask_tokens=3, loss_decode=LOSS)
+    with pytest.raises(ValueError, match="mode must be 'set' or 'per_class'"):
+        SAMMaskDecoderHead(num_classes=5, mode='panoptic', loss_decode=LOSS)
