@@ -23,7 +23,8 @@ setup(
     long_description_content_type='text/markdown',
     packages=find_packages(include=['mmseg_naslora', 'mmseg_naslora.*']),
     python_requires='>=3.9',
-    install_requires=['torch>=2.0', 'torchvision', 'mmcv==2.1.0'] + read_requirements('runtime.txt'),
+    install_requires=(['torch>=2.0', 'torchvision', 'mmcv==2.1.0'] + read_requirements('runtime.txt') +
+                      read_requirements('nodeps.txt')),
     extras_require=dict(tests=read_requirements('tests.txt')),
     license='Apache-2.0',
 )

@@ -87,7 +87,7 @@ def binary_dataset(tmp_path):
 
 
 def tiny_config(path: str, data_root: str, base: str = 'configs/lora/lora_sam-vit-b_1xb4-20k_kvasir-1024x1024.py',
-                checkpoint=None, max_iters: int = 4, extra: str = '') -> str:
+                checkpoint=None, max_iters: int = 4, val_indices=None, extra: str = '') -> str:
     """Write a config inheriting ``base`` with a tiny SAM at 64x64 and return its path."""
     text = f'''
 _base_ = [{osp.join(REPO_ROOT, base)!r}]
@@ -109,7 +109,8 @@ test_pipeline = [
 train_dataloader = dict(batch_size=2, num_workers=0, persistent_workers=False,
                         dataset=dict(data_root=data_root, pipeline=train_pipeline))
 val_dataloader = dict(num_workers=0, persistent_workers=False,
-                      dataset=dict(data_root=data_root, pipeline=test_pipeline))
+                      dataset=dict(data_root=data_root, pipeline=test_pipeline,
+                                   indices={val_indices!r}))
 test_dataloader = val_dataloader
 optim_wrapper = dict(optimizer=dict(lr=1e-3))
 param_scheduler = []

@@ -32,6 +32,7 @@ pip install -q --upgrade 'pip>=24' 'setuptools>=77,<82' wheel
 pip install -q "${TORCH_SPEC[@]}"
 # mmengine and friends first: 'import mmcv' needs them.
 pip install -q -r "$ROOT/requirements/runtime.txt" -r "$ROOT/requirements/tests.txt"
+pip install -q --no-deps -r "$ROOT/requirements/nodeps.txt"
 
 mmcv_ok() { "$PY" -c 'import mmcv, mmcv.ops; assert mmcv.__version__ == "2.1.0"' 2>/dev/null; }
 

@@ -59,9 +59,7 @@ def test_train_test_on_real_kvasir(tmp_path):
     root = shared_data_root('kvasir_seg')
     if not osp.isdir(root):
         pytest.skip(f'Kvasir-SEG not found at {root} (set NASLORA_DATA)')
-    cfg = tiny_config(str(tmp_path / 'cfg.py'), '/nonexistent', extra=(
-        "val_dataloader = dict(dataset=dict(indices=8))\n"
-        "test_dataloader = val_dataloader\n"))
+    cfg = tiny_config(str(tmp_path / 'cfg.py'), '/nonexistent', val_indices=8)
     work = str(tmp_path / 'work')
     run_tool('tools/train.py', cfg, '--data-root', root, '--work-dir', work)
     log = run_tool('tools/test.py', cfg, osp.join(work, 'iter_4.pth'), '--data-root', root)
@@ -77,12 +75,7 @@ def test_multiclass_set_head_on_real_camvid(tmp_path):
     cfg = tiny_config(
         str(tmp_path / 'cfg.py'), root,
         base='configs/sam_multiclass/lora_sam-vit-b-set_1xb4-20k_camvid-352x480.py',
-        max_iters=4, extra=(
-            "val_evaluator = dict(type='IoUMetric', iou_metrics=['mIoU'], _delete_=True)\n"
-            "test_evaluator = val_evaluator\n"
-            "val_dataloader = dict(dataset=dict(indices=4))\n"
-            "test_dataloader = val_dataloader\n"
-            "default_hooks = dict(checkpoint=dict(save_best=None))\n"))
+        max_iters=4, val_indices=4)
     work = str(tmp_path / 'work')
     log = run_tool('tools/train.py', cfg, '--data-root', root, '--work-dir', work)
     assert 'decode.loss_cls' in log and 'decode.loss_mask' in log and 'decode.loss_dice' in log

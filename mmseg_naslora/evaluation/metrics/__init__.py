@@ -1,3 +1,5 @@
+from .ber_metric import BERMetric
 from .foreground_iou_metric import ForegroundIoUMetric
+from .sod_metric import SODMetric
 
-__all__ = ['ForegroundIoUMetric']
+__all__ = ['BERMetric', 'ForegroundIoUMetric', 'SODMetric']
