@@ -176,7 +176,7 @@ def test_dict_param_schedulers_drive_each_wrapper(tmp_path):
             'end=4)],',
             "    alpha=[dict(type='MultiStepLR', milestones=[3], gamma=0.5, by_epoch=False)])",
             "custom_hooks = [dict(type='NASStageHook', warmup=1, by_epoch=False, interval=1)]",
-            'train_cfg = dict(val_interval=100)',
+            'train_cfg = dict(max_iters=4, val_interval=100)',
         ]))
     cfg = Config.fromfile(cfg_path)
     cfg.work_dir = str(tmp_path / 'work')
@@ -188,8 +188,9 @@ def test_dict_param_schedulers_drive_each_wrapper(tmp_path):
     assert set(runner.param_schedulers) == {'weights', 'alpha'}
     weights_lr = [w for w, _ in lrs]
     alpha_lr = [a for _, a in lrs]
-    # LinearLR 0.1 -> 1 over 4 iterations on the weights; α halves at iteration 3.
-    assert weights_lr == pytest.approx([1e-4, 3.25e-4, 5.5e-4, 7.75e-4])
+    # Weights: LinearLR 0.1 -> 1 (mmengine reaches the end factor at end - 1);
+    # α: halved from iteration 3 on.
+    assert weights_lr == pytest.approx([1e-4, 4e-4, 7e-4, 1e-3])
     assert alpha_lr == pytest.approx([1e-3, 1e-3, 1e-3, 5e-4])
     assert osp.isfile(osp.join(cfg.work_dir, 'iter_4.pth'))
 

@@ -70,7 +70,15 @@ class SAMMaskDecoderHead(BaseDecodeHead):
         iou_head_hidden_dim (int): Defaults to 256.
         **kwargs: Passed to :class:`BaseDecodeHead` (``loss_decode``,
             ``ignore_index``, ``align_corners``...).
+
+    Subclasses for other SAM versions (e.g. ``SAM2MaskDecoderHead``) override
+    :meth:`_build_sam_modules`, :meth:`_leading_tokens`, :meth:`_upscale`,
+    :meth:`_decoder_inputs` and :attr:`checkpoint_prefixes`; the modes, the
+    losses and inference stay here.
     """
+
+    # Checkpoint key prefix of each sub-module (official SAM format).
+    checkpoint_prefixes = dict(prompt_encoder='prompt_encoder.', mask_decoder='mask_decoder.')
 
     def __init__(self,
                  in_channels: int = 256,
@@ -108,16 +116,10 @@ class SAMMaskDecoderHead(BaseDecodeHead):
         del self.conv_seg  # SAM's hypernetwork tokens replace the 1x1 classifier
         self.mode = 'binary' if binary else mode
         self.checkpoint = checkpoint
-        self.prompt_encoder = PromptEncoder(
-            embed_dim=channels, image_embedding_size=(64, 64),
-            input_image_size=(1024, 1024), mask_in_chans=16)
-        self.mask_decoder = MaskDecoder(
-            num_multimask_outputs=num_multimask_outputs,
-            transformer=TwoWayTransformer(depth=transformer_depth, embedding_dim=channels,
-                                          mlp_dim=transformer_mlp_dim,
-                                          num_heads=transformer_num_heads),
-            transformer_dim=channels,
-            iou_head_depth=iou_head_depth,
+        self.prompt_encoder, self.mask_decoder = self._build_sam_modules(
+            channels, num_multimask_outputs=num_multimask_outputs,
+            transformer_depth=transformer_depth, transformer_mlp_dim=transformer_mlp_dim,
+            transformer_num_heads=transformer_num_heads, iou_head_depth=iou_head_depth,
             iou_head_hidden_dim=iou_head_hidden_dim)
         self.prompt_encoder.requires_grad_(False)
         self.mask_decoder.iou_prediction_head.requires_grad_(False)
@@ -140,6 +142,24 @@ class SAMMaskDecoderHead(BaseDecodeHead):
             self.mask_decoder.mask_tokens.requires_grad_(False)
             self._init_class_tokens()
 
+    def _build_sam_modules(self, channels: int, num_multimask_outputs: int,
+                           transformer_depth: int, transformer_mlp_dim: int,
+                           transformer_num_heads: int, iou_head_depth: int,
+                           iou_head_hidden_dim: int) -> Tuple[nn.Module, nn.Module]:
+        """segment-anything's prompt encoder and mask decoder, as ``build_sam`` makes them."""
+        prompt_encoder = PromptEncoder(
+            embed_dim=channels, image_embedding_size=(64, 64),
+            input_image_size=(1024, 1024), mask_in_chans=16)
+        mask_decoder = MaskDecoder(
+            num_multimask_outputs=num_multimask_outputs,
+            transformer=TwoWayTransformer(depth=transformer_depth, embedding_dim=channels,
+                                          mlp_dim=transformer_mlp_dim,
+                                          num_heads=transformer_num_heads),
+            transformer_dim=channels,
+            iou_head_depth=iou_head_depth,
+            iou_head_hidden_dim=iou_head_hidden_dim)
+        return prompt_encoder, mask_decoder
+
     def _init_class_tokens(self) -> None:
         """Start every class token (and per-class MLP) from SAM's first mask token.
 
@@ -156,26 +176,50 @@ class SAMMaskDecoderHead(BaseDecodeHead):
                 mlp.load_state_dict(dec.output_hypernetworks_mlps[0].state_dict())
 
     def init_weights(self) -> None:
-        """Load ``prompt_encoder.*`` and ``mask_decoder.*`` of :attr:`checkpoint`."""
+        """Load the :attr:`checkpoint_prefixes` sub-dicts of :attr:`checkpoint`.
+
+        By default ``prompt_encoder.*`` and ``mask_decoder.*``.
+        """
         if self.checkpoint is None:
             super().init_weights()
             return
         state = load_state_dict_file(self.checkpoint)
-        for name in ('prompt_encoder', 'mask_decoder'):
+        for name, prefix in self.checkpoint_prefixes.items():
             load_base_weights(getattr(self, name),
-                              sub_state_dict(state, f'{name}.', self.checkpoint),
-                              f'{self.checkpoint} ({name}.*)')
+                              sub_state_dict(state, prefix, self.checkpoint),
+                              f'{self.checkpoint} ({prefix}*)')
         if self.mode != 'binary':
             self._init_class_tokens()
-        print_log(f'SAMMaskDecoderHead: loaded prompt_encoder.* and mask_decoder.* '
-                  f'from {self.checkpoint}', logger='current')
+        loaded = ' and '.join(f'{p}*' for p in self.checkpoint_prefixes.values())
+        print_log(f'{type(self).__name__}: loaded {loaded} from {self.checkpoint}',
+                  logger='current')
         self._is_init = True
 
-    def predict_masks(self, image_embeddings: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def _leading_tokens(self) -> torch.Tensor:
+        """Output tokens placed before the mask/class tokens: SAM's IoU token."""
+        return self.mask_decoder.iou_token.weight
+
+    def _upscale(self, src: torch.Tensor,
+                 high_res_features: Optional[List[torch.Tensor]]) -> torch.Tensor:
+        """Upsample the transformer's image tokens ``(B, C, h, w)`` by 4."""
+        return self.mask_decoder.output_upscaling(src)
+
+    def _decoder_inputs(
+            self, inputs: Sequence[torch.Tensor]
+    ) -> Tuple[torch.Tensor, Optional[List[torch.Tensor]]]:
+        """The image embedding (and high-resolution features) from the backbone outputs."""
+        return self._transform_inputs(inputs), None
+
+    def predict_masks(
+            self, image_embeddings: torch.Tensor,
+            high_res_features: Optional[List[torch.Tensor]] = None
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
         """Run the decoder without prompts.
 
         Args:
             image_embeddings (Tensor): ``(B, C, h, w)`` encoder output.
+            high_res_features (list[Tensor], optional): Finer features that
+                :meth:`_upscale` fuses in (SAM2); unused by SAM.
 
         Returns:
             tuple[Tensor]: ``(B, T, 4h, 4w)`` mask logits, one per output
@@ -187,11 +231,12 @@ class SAMMaskDecoderHead(BaseDecodeHead):
         image_pe = self.prompt_encoder.pe_layer((h, w)).unsqueeze(0).expand(b, -1, -1, -1)
         dense = self.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
         out_tokens = dec.mask_tokens if self.mode == 'binary' else self.class_tokens
-        tokens = torch.cat([dec.iou_token.weight, out_tokens.weight])
+        leading = self._leading_tokens()
+        tokens = torch.cat([leading, out_tokens.weight])
         hs, src = dec.transformer(image_embeddings + dense, image_pe,
                                   tokens.unsqueeze(0).expand(b, -1, -1))
-        upscaled = dec.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))
-        token_out = hs[:, 1:]
+        upscaled = self._upscale(src.transpose(1, 2).reshape(b, c, h, w), high_res_features)
+        token_out = hs[:, leading.shape[0]:]
         if self.mode == 'set':  # one MLP shared by all queries
             hyper = dec.output_hypernetworks_mlps[0](token_out)
         else:
@@ -209,7 +254,7 @@ class SAMMaskDecoderHead(BaseDecodeHead):
             (per_class), or the set mode's ``(cls_logits (B, N, K+1),
             mask_logits (B, N, H/4, W/4))``.
         """
-        masks, token_out = self.predict_masks(self._transform_inputs(inputs))
+        masks, token_out = self.predict_masks(*self._decoder_inputs(inputs))
         if self.mode == 'set':
             return self.class_embed(token_out), masks
         if self.mode == 'binary':
