@@ -148,12 +148,27 @@ def test_frozen_params_are_skipped_without_a_log_flood():
     assert len(summary) == 1 and f'{frozen} tensors' in summary[0] and 'frozen' in summary[0]
 
 
+def test_top_level_options_apply_to_both_wrappers():
+    model = build_model()
+    ow = build_optim_wrapper(model, dict(
+        constructor='NASOptimWrapperConstructor', clip_grad=dict(max_norm=1.),
+        weights=dict(WEIGHTS, accumulative_counts=2), alpha=dict(ALPHA, clip_grad=None)))
+    assert ow['weights'].clip_grad_kwargs == ow['alpha'].clip_grad_kwargs == dict(max_norm=1.)
+    assert ow['weights']._accumulative_counts == 2
+    assert ow['alpha']._accumulative_counts == 1
+    # What tools/train.py --amp writes switches both entries to AMP.
+    ctor = NASOptimWrapperConstructor(dict(type='AmpOptimWrapper', loss_scale='dynamic',
+                                           weights=WEIGHTS, alpha=ALPHA))
+    for cfg in (ctor.weights_cfg, ctor.alpha_cfg):
+        assert cfg['type'] == 'AmpOptimWrapper' and cfg['loss_scale'] == 'dynamic'
+
+
 def test_config_errors_name_the_key():
     model = build_model()
     with pytest.raises(KeyError, match='optim_wrapper.alpha=dict'):
         build_optim_wrapper(model, dict(constructor='NASOptimWrapperConstructor',
                                         weights=WEIGHTS))
-    with pytest.raises(KeyError, match="unknown: \\['optimizer'\\]"):
+    with pytest.raises(KeyError, match="move 'optimizer' into 'weights'"):
         NASOptimWrapperConstructor(dict(weights=WEIGHTS, optimizer=dict(type='SGD')))
     with pytest.raises(KeyError, match="missing: 'weights'"):
         NASOptimWrapperConstructor(dict(alpha=ALPHA))

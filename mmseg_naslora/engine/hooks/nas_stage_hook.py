@@ -127,9 +127,10 @@ class NASStageHook(Hook):
         self._search_start = (self.warmup * len(runner.train_dataloader)
                               if self.by_epoch else self.warmup)
         model.nas_stage = self.stage_at(self._progress(runner))
-        end = '' if self.freeze_after is None else f', frozen from {self.freeze_after}'
-        print_log(f'NASStageHook: warmup {self.warmup} {self.unit}s, search after{end}; '
-                  f'starting in stage {model.nas_stage!r} at {self.unit} '
+        frozen = '' if self.freeze_after is None else \
+            f', α frozen again from {self.unit} {self.freeze_after}'
+        print_log(f'NASStageHook: weights only for {self.warmup} {self.unit}s, then search'
+                  f'{frozen}; starting in stage {model.nas_stage!r} at {self.unit} '
                   f'{self._progress(runner)}.', logger='current')
         if has_alpha:
             self._history = [h for h in self._history if h[0] < runner.iter]
@@ -392,8 +393,12 @@ def plot_trajectory(path: str, steps: np.ndarray, weights: np.ndarray,
         ax.grid(alpha=0.3)
     for ax in axes.flat[len(panels):]:
         ax.set_visible(False)
-    for ax in axes[-1]:
-        ax.set_xlabel('iteration', fontsize=8)
+    for index in range(len(panels)):
+        # The lowest visible panel of each column carries the x axis.
+        if index + ncols >= len(panels):
+            ax = axes.flat[index]
+            ax.xaxis.set_tick_params(labelbottom=True)
+            ax.set_xlabel('iteration', fontsize=8)
     handles, names = axes.flat[0].get_legend_handles_labels()
     height = 2.2 * nrows + 0.8
     fig.legend(handles, names, loc='lower center', ncol=min(len(ops), 4), fontsize=7,

@@ -51,7 +51,9 @@ class NASOptimWrapperConstructor:
     list (it is applied to every wrapper).
 
     Each entry is an ordinary optim-wrapper config and may hold its own
-    ``paramwise_cfg``. Groups with identical options are merged, so an
+    ``paramwise_cfg``. Other top-level keys (``type``, ``loss_scale``,
+    ``clip_grad``..., e.g. what ``tools/train.py --amp`` sets) apply to both
+    entries and take precedence over theirs. Groups with identical options are merged, so an
     optimiser has as many groups as distinct option sets, not one per tensor.
     Parameters shared between modules are added once.
 
@@ -70,7 +72,8 @@ class NASOptimWrapperConstructor:
 
     Args:
         optim_wrapper_cfg (dict): ``dict(weights=..., alpha=...)``; ``alpha``
-            may be omitted only for models without α.
+            may be omitted only for models without α. Other keys are wrapper
+            options for both.
         paramwise_cfg (dict, optional): Not supported at the top level (it
             would be ambiguous); put it inside ``weights`` or ``alpha``.
     """
@@ -82,20 +85,25 @@ class NASOptimWrapperConstructor:
             raise ValueError(
                 'NASOptimWrapperConstructor: move optim_wrapper.paramwise_cfg into '
                 'optim_wrapper.weights (or optim_wrapper.alpha); each wrapper has its own.')
-        unknown = sorted(set(optim_wrapper_cfg) - set(WRAPPER_KEYS))
-        if unknown or 'weights' not in optim_wrapper_cfg:
+        if 'weights' not in optim_wrapper_cfg or 'optimizer' in optim_wrapper_cfg:
             raise KeyError(
-                f'NASOptimWrapperConstructor expects optim_wrapper=dict(constructor='
-                f"'NASOptimWrapperConstructor', weights=dict(...), alpha=dict(...)); got keys "
-                f'{sorted(optim_wrapper_cfg)}'
-                + (f' (unknown: {unknown})' if unknown else " (missing: 'weights')") + '.')
+                "NASOptimWrapperConstructor expects optim_wrapper=dict(constructor="
+                "'NASOptimWrapperConstructor', weights=dict(optimizer=...), "
+                f"alpha=dict(optimizer=...)); got keys {sorted(optim_wrapper_cfg)}"
+                + (" (move 'optimizer' into 'weights')" if 'optimizer' in optim_wrapper_cfg
+                   else " (missing: 'weights')") + '.')
         for key in WRAPPER_KEYS:
             sub = optim_wrapper_cfg.get(key)
             if sub is not None and (not isinstance(sub, dict) or 'optimizer' not in sub):
                 raise KeyError(f'optim_wrapper.{key} must be an optim-wrapper config with an '
                                f"'optimizer' entry, got {sub!r}.")
-        self.weights_cfg = copy.deepcopy(optim_wrapper_cfg['weights'])
-        self.alpha_cfg = copy.deepcopy(optim_wrapper_cfg.get('alpha'))
+        # Other top-level keys apply to both wrappers and win over theirs, so
+        # that `tools/train.py --amp` (type='AmpOptimWrapper', loss_scale=...)
+        # switches both, whatever type the entries name.
+        shared = {k: v for k, v in optim_wrapper_cfg.items() if k not in WRAPPER_KEYS}
+        self.weights_cfg = dict(copy.deepcopy(optim_wrapper_cfg['weights']), **shared)
+        alpha = optim_wrapper_cfg.get('alpha')
+        self.alpha_cfg = None if alpha is None else dict(copy.deepcopy(alpha), **shared)
 
     def __call__(self, model: nn.Module) -> Union[OptimWrapper, OptimWrapperDict]:
         if hasattr(model, 'module'):

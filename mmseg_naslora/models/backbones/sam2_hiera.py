@@ -34,13 +34,6 @@ SAM2_HIERA_ARCHS = {
                     global_att_blocks=(23, 33, 43), window_spec=(8, 4, 16, 8),
                     window_pos_embed_bkg_spatial_size=(7, 7)),
 }
-# Official checkpoint file of each preset (SAM 2.1; SAM 2 drops the ".1").
-SAM2_CHECKPOINTS = {
-    'hiera-t': 'sam2.1_hiera_tiny.pt',
-    'hiera-s': 'sam2.1_hiera_small.pt',
-    'hiera-b+': 'sam2.1_hiera_base_plus.pt',
-    'hiera-l': 'sam2.1_hiera_large.pt',
-}
 _REQUIRED_KEYS = ('embed_dim', 'num_heads', 'stages', 'global_att_blocks', 'window_spec',
                   'window_pos_embed_bkg_spatial_size')
 _OPTIONAL_KEYS = ('q_pool', 'q_stride', 'dim_mul', 'head_mul')

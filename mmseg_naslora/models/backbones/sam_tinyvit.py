@@ -63,13 +63,17 @@ class SAMTinyViT(BaseModule):
     (also a map smaller than the window: it becomes one padded window) and
     attends within ``window x window`` tokens, so each adapted ``qkv`` always
     sees ``(B * nWin, window**2, C)``; the adapter's ``grid_size`` is therefore
-    the fixed ``(window, window)`` of its stage, at every input size. A spatial
-    bottleneck (Conv-LoRA, NAS-LoRA) sees the padded tokens at the right and
-    bottom windows, as TinyViT's attention does (it uses no attention mask).
+    the fixed ``(window, window)`` of its stage, at every input size. In the
+    right and bottom windows a spatial bottleneck (Conv-LoRA, NAS-LoRA) sees
+    the padding tokens (zeros turned into the LayerNorm bias by ``attn.norm``),
+    as TinyViT's attention does (it uses no attention mask).
 
     Only the adapters train. BatchNorm layers of the frozen encoder stay in
-    eval mode in :meth:`train`; the stages before the first trainable module
-    run under ``torch.no_grad()`` (their backward would produce nothing).
+    eval mode in :meth:`train`. The steps before the first trainable module
+    run under ``torch.no_grad()`` unless the input requires grad. Autograd
+    would record nothing there anyway (no tensor in them requires grad), so
+    this states the intent rather than saving time: the backward already
+    stops at the first adapted block.
 
     Args:
         arch (str | dict): ``'lite_medsam'``, or a dict with ``embed_dims``,

@@ -1,0 +1,3 @@
+from .nas_stage_hook import NASStageHook
+
+__all__ = ['NASStageHook']
