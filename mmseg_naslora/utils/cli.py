@@ -33,17 +33,67 @@ def set_data_root(cfg: Config, data_root: str) -> None:
 
 
 def enable_amp(cfg: Config) -> None:
-    """Switch the config to bf16/fp16 mixed precision, or refuse clearly."""
+    """Switch the config to mixed precision (bf16 where the GPU has it), or refuse clearly.
+
+    Both config shapes are handled: a plain ``optim_wrapper=dict(type=...,
+    optimizer=...)`` and the NAS form ``optim_wrapper=dict(constructor=
+    'NASOptimWrapperConstructor', weights=..., alpha=...)``, whose top-level
+    wrapper keys apply to both entries and win over theirs (see
+    :class:`NASOptimWrapperConstructor`), so setting them once switches both
+    optimisers. The autocast dtype is bf16 when the GPU supports it (no
+    overflow, so the dynamic loss scale never has to back off) and fp16
+    otherwise; ``loss_scale='dynamic'`` serves both.
+    """
     if not torch.cuda.is_available():
         raise SystemExit(
             '--amp needs a CUDA device: mmengine\'s AmpOptimWrapper does not run on the '
             'CPU. Drop --amp to train in fp32 here.')
     wrapper = cfg.optim_wrapper
-    if wrapper.get('type', 'OptimWrapper') == 'AmpOptimWrapper':
+    constructor = str(wrapper.get('constructor', '')).split('.')[-1]
+    if constructor == 'NASOptimWrapperConstructor':
+        types = {key: wrapper[key].get('type', 'OptimWrapper')
+                 for key in ('weights', 'alpha') if isinstance(wrapper.get(key), dict)}
+        if 'type' in wrapper:
+            types = {'(top level)': wrapper.type}
+    else:
+        types = {'(top level)': wrapper.get('type', 'OptimWrapper')}
+    if set(types.values()) == {'AmpOptimWrapper'}:
         print_log('AMP training is already enabled in your config.',
                   logger='current', level=logging.WARNING)
         return
-    if wrapper.get('type', 'OptimWrapper') != 'OptimWrapper':
-        raise SystemExit(f'--amp supports optim_wrapper.type=OptimWrapper, got {wrapper.type}.')
+    unsupported = {k: v for k, v in types.items()
+                   if v not in ('OptimWrapper', 'AmpOptimWrapper')}
+    if unsupported:
+        where = ', '.join(f'optim_wrapper{"" if k.startswith("(") else "." + k}.type={v!r}'
+                          for k, v in unsupported.items())
+        raise SystemExit(f'--amp supports optim_wrapper type OptimWrapper, got {where}; '
+                         "set it to 'OptimWrapper' or drop --amp.")
     wrapper.type = 'AmpOptimWrapper'
     wrapper.loss_scale = 'dynamic'
+    if _cuda_bf16_supported():
+        wrapper.dtype = 'bfloat16'
+
+
+def _cuda_bf16_supported() -> bool:
+    try:
+        return bool(torch.cuda.is_bf16_supported())
+    except (AssertionError, RuntimeError):  # no usable CUDA device after all
+        return False
+
+
+def init_cpu_distributed(cfg: Config, launcher: str) -> None:
+    """Start a gloo process group for torchrun on a machine without CUDA.
+
+    mmengine's ``init_dist('pytorch')`` calls ``torch.cuda.set_device``
+    unconditionally and its DDP wrapper always passes ``device_ids``, so
+    multi-process CPU runs (tests, debugging) would fail there. A group
+    initialised here is reused by the runner, and the default wrapper becomes
+    :class:`NASDistributedDataParallel`, which drops ``device_ids`` on the CPU
+    and trains any other segmentor as mmengine's DDP does.
+    """
+    import torch.distributed as dist
+    if launcher != 'pytorch' or torch.cuda.is_available() or dist.is_initialized():
+        return
+    cfg.setdefault('env_cfg', {}).setdefault('dist_cfg', {})['backend'] = 'gloo'
+    cfg.setdefault('model_wrapper_cfg', dict(type='mmseg.NASDistributedDataParallel'))
+    dist.init_process_group(backend='gloo')

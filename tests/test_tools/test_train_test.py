@@ -82,3 +82,20 @@ def test_multiclass_set_head_on_real_camvid(tmp_path):
     log = run_tool('tools/test.py', cfg, osp.join(work, 'iter_4.pth'), '--data-root', root)
     assert 'bicyclist' in log  # the per-class table covers all 11 classes
     assert 0 <= metric(log, 'mIoU') <= 100
+
+
+@pytest.mark.slow
+def test_dist_train_and_test_scripts_with_two_cpu_processes(tmp_path, binary_dataset):
+    import os
+    cfg = tiny_config(str(tmp_path / 'cfg.py'), binary_dataset, max_iters=4)
+    work = str(tmp_path / 'work')
+    env = dict(os.environ, OMP_NUM_THREADS='1', PORT='29617', PYTHON=sys.executable)
+    for cmd in (['bash', 'tools/dist_train.sh', cfg, '2', '--work-dir', work],
+                ['bash', 'tools/dist_test.sh', cfg, osp.join(work, 'iter_4.pth'), '2',
+                 '--work-dir', work]):
+        proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                              timeout=600)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    log = proc.stdout + proc.stderr
+    assert 'Distributed launcher: pytorch' in log and 'Distributed training: True' in log
+    assert 0 <= metric(log, 'Dice') <= 100

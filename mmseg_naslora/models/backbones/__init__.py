@@ -1,3 +1,5 @@
+from .sam2_hiera import SAM2Hiera
+from .sam_tinyvit import SAMTinyViT
 from .sam_vit import SAMViT
 
-__all__ = ['SAMViT']
+__all__ = ['SAM2Hiera', 'SAMTinyViT', 'SAMViT']

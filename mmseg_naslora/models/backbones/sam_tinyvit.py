@@ -228,7 +228,8 @@ class SAMTinyViT(BaseModule):
                 units.append((block, fn))
             if layer.downsample is not None:
                 units.append((layer.downsample, partial(_run_at, layer.downsample, res)))
-        units.append((enc.neck, partial(_run_neck, enc.neck, (h // 4, w // 4))))
+        units.append((enc.neck, partial(_run_neck, enc.neck,
+                                        (h // self.patch_stride, w // self.patch_stride))))
         return units
 
     @staticmethod

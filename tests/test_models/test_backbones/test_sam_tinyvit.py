@@ -104,7 +104,7 @@ def test_loads_lite_medsam_and_matches_package(lite_medsam):
             dense_prompt_embeddings=pe.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(
                 1, -1, 64, 64),
             multimask_output=False)
-        masks = head.predict_masks(ours[0])
+        masks = head.predict_masks(ours[0])[0]
     assert masks.shape == (1, 4, 256, 256)
     assert (masks[:, :1] - ref).abs().max() < 1e-4
 
@@ -218,8 +218,20 @@ def test_frozen_stem_runs_without_autograd():
     for i, layer in enumerate(model.encoder.layers):
         layer.blocks[-1].register_forward_hook(
             lambda m, inp, out, i=i: outputs.__setitem__(i, out))
+    # Count tensors autograd saves for the backward, inside and outside the stem.
+    stem = model.encoder.layers[0]
+    where, packed = ['other'], {'stem': 0, 'other': 0}
+    stem.blocks[0].register_forward_pre_hook(lambda m, inp: where.__setitem__(0, 'stem'))
+    stem.downsample.register_forward_hook(lambda m, inp, out: where.__setitem__(0, 'other'))
+
+    def pack(t):
+        packed[where[0]] += 1
+        return t
+
     x = torch.rand(2, 3, 64, 64)
-    out = model(x)[0]
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = model(x)[0]
+    assert packed['stem'] == 0 and packed['other'] > 0, packed
     assert outputs[0].grad_fn is None and not outputs[0].requires_grad
     assert outputs[1].grad_fn is not None and out.grad_fn is not None
     out.square().mean().backward()

@@ -1,0 +1,21 @@
+# NAS-LoRA: weights alone for T_B = 50 iterations, then α and weight steps alternate.
+_base_ = ['./lora_litemedsam_1xb4-150_kvasir-128x128.py']
+model = dict(
+    type='NASEncoderDecoder',
+    backbone=dict(adapter=dict(type='NASLoRA', rank=3, alpha=32, op_variant='darts')))
+optim_wrapper = dict(
+    _delete_=True,
+    constructor='NASOptimWrapperConstructor',
+    weights=dict(type='OptimWrapper',
+                 optimizer=dict(type='AdamW', lr=5e-4, betas=(0.9, 0.999), weight_decay=1e-4)),
+    alpha=dict(type='OptimWrapper',
+               optimizer=dict(type='Adam', lr=1e-3, betas=(0.5, 0.999), weight_decay=1e-3)))
+param_scheduler = dict(
+    _delete_=True,
+    weights=[
+        dict(type='LinearLR', start_factor=1e-2, by_epoch=False, begin=0, end=10),
+        dict(type='PolyLR', eta_min=0.0, power=1.0, by_epoch=False, begin=10, end=150),
+    ],
+    alpha=[])
+custom_hooks = [dict(type='NASStageHook', warmup=50, by_epoch=False, interval=10)]
+model_wrapper_cfg = dict(type='mmseg.NASDistributedDataParallel', find_unused_parameters=True)

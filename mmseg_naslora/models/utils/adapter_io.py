@@ -1,0 +1,278 @@
+"""Adapter-only checkpoints: the trained tensors of a model in one safetensors file.
+
+A fine-tuned model is the public base SAM checkpoint plus a few MB of
+trained tensors (adapters, NAS α, the trained parts of the head). This module
+writes those tensors with the `safetensors <https://github.com/huggingface/safetensors>`_
+format (no pickle, so loading runs no code), with a metadata header that
+names the backbone, its arch and adapter config, and the sha256 of the base
+checkpoint file(s), and loads them back onto a model built from a config,
+refusing a base that does not match.
+"""
+import hashlib
+import json
+import logging
+import os
+import os.path as osp
+from typing import Dict, List, Mapping, Optional
+
+import torch
+import torch.nn as nn
+from mmengine.logging import print_log
+
+from ..adapters.inject import iter_adapters
+from ..adapters.nas_lora import ALPHA_MARKER
+
+FORMAT = 'mmseg_naslora.adapters'
+FORMAT_VERSION = '1'
+# Metadata fields compared with the config at load time.
+CHECKED_FIELDS = ('backbone', 'arch', 'adapter')
+_HASH_CACHE: Dict[tuple, str] = {}
+_HASH_CACHE_FILE = osp.join(osp.expanduser(os.environ.get('XDG_CACHE_HOME', '~/.cache')),
+                            'mmseg_naslora', 'sha256.json')
+
+
+def sha256_file(path: str) -> str:
+    """sha256 of ``path``, cached by (real path, size, mtime).
+
+    The cache lives in memory and in ``~/.cache/mmseg_naslora/sha256.json``,
+    so a 2.5 GB ViT-H file is hashed once per machine, not at every save.
+    """
+    real = osp.realpath(path)
+    stat = os.stat(real)
+    key = (real, stat.st_size, stat.st_mtime_ns)
+    if key in _HASH_CACHE:
+        return _HASH_CACHE[key]
+    disk = _read_hash_cache()
+    digest = disk.get('|'.join(map(str, key)))
+    if digest is None:
+        h = hashlib.sha256()
+        with open(real, 'rb') as f:
+            for chunk in iter(lambda: f.read(1 << 22), b''):
+                h.update(chunk)
+        digest = h.hexdigest()
+        disk['|'.join(map(str, key))] = digest
+        try:
+            atomic_write_bytes(_HASH_CACHE_FILE, json.dumps(disk).encode())
+        except OSError:  # a read-only home only loses the cache
+            pass
+    _HASH_CACHE[key] = digest
+    return digest
+
+
+def _read_hash_cache() -> dict:
+    try:
+        with open(_HASH_CACHE_FILE) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+def atomic_write_bytes(path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temp file in the same folder and ``os.replace``."""
+    folder = osp.dirname(osp.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = osp.join(folder, f'.{osp.basename(path)}.tmp{os.getpid()}')
+    try:
+        with open(tmp, 'wb') as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if osp.exists(tmp):
+            os.remove(tmp)
+
+
+def base_checkpoints(model_cfg: Mapping) -> List[str]:
+    """Every ``checkpoint`` path named in a model config (backbone, head, init_cfg...)."""
+    found: List[str] = []
+
+    def visit(node) -> None:
+        if isinstance(node, Mapping):
+            for key, value in node.items():
+                if key == 'checkpoint' and isinstance(value, str) and value not in found:
+                    found.append(value)
+                else:
+                    visit(value)
+        elif isinstance(node, (list, tuple)):
+            for value in node:
+                visit(value)
+
+    visit(model_cfg)
+    return found
+
+
+def _to_jsonable(value):
+    if hasattr(value, 'to_dict'):
+        value = value.to_dict()
+    return json.loads(json.dumps(value, default=str, sort_keys=True))
+
+
+def describe_model(model_cfg: Mapping) -> Dict[str, str]:
+    """The metadata fields of ``model_cfg`` that an adapter file must agree with."""
+    backbone = dict(model_cfg.get('backbone') or {})
+    return dict(
+        backbone=json.dumps(backbone.get('type')),
+        arch=json.dumps(_to_jsonable(backbone.get('arch')), sort_keys=True),
+        adapter=json.dumps(_to_jsonable(backbone.get('adapter')), sort_keys=True))
+
+
+def trainable_state_keys(model: nn.Module) -> List[str]:
+    """State-dict keys of what training changes.
+
+    Every parameter with ``requires_grad``, plus every parameter and buffer of
+    the adapter modules except their frozen ``base_layer`` (α may be frozen
+    for a stage, and DARTS ops keep BN running statistics in buffers).
+    """
+    keys = [n for n, p in model.named_parameters() if p.requires_grad]
+    for name, adapter in iter_adapters(model):
+        prefix = f'{name}.' if name else ''
+        for sub, _ in list(adapter.named_parameters()) + list(adapter.named_buffers()):
+            if not sub.startswith('base_layer.'):
+                keys.append(prefix + sub)
+    keys += [n for n, _ in model.named_parameters() if ALPHA_MARKER in n]
+    state = model.state_dict()
+    return sorted(k for k in set(keys) if k in state)
+
+
+def adapter_state_dict(model: nn.Module,
+                       state: Optional[Mapping[str, torch.Tensor]] = None
+                       ) -> Dict[str, torch.Tensor]:
+    """The trainable tensors of ``model`` (taken from ``state`` when given), on the CPU."""
+    state = model.state_dict() if state is None else state
+    return {k: state[k].detach().cpu().contiguous().clone()
+            for k in trainable_state_keys(model)}
+
+
+def build_metadata(model_cfg: Mapping, source: str = '') -> Dict[str, str]:
+    """The safetensors header: format, model description and base-file hashes."""
+    from mmseg_naslora import __version__
+    bases = {path: sha256_file(path) for path in base_checkpoints(model_cfg)
+             if osp.isfile(path)}
+    return dict(format=FORMAT, format_version=FORMAT_VERSION,
+                **describe_model(model_cfg),
+                segmentor=json.dumps(model_cfg.get('type')),
+                base_sha256=json.dumps(bases, sort_keys=True),
+                source=source, mmseg_naslora_version=__version__)
+
+
+def save_adapters(path: str, tensors: Mapping[str, torch.Tensor], model_cfg: Mapping,
+                  source: str = '') -> str:
+    """Write ``tensors`` and the metadata of ``model_cfg`` to ``path`` atomically.
+
+    Args:
+        path (str): Output ``.safetensors`` file.
+        tensors (Mapping[str, Tensor]): From :func:`adapter_state_dict`.
+        model_cfg (Mapping): The model config (for the header).
+        source (str): What the tensors came from (e.g. the checkpoint name).
+
+    Returns:
+        str: ``path``.
+    """
+    from safetensors.torch import save
+    data = save({k: v.contiguous() for k, v in tensors.items()},
+                metadata=build_metadata(model_cfg, source))
+    atomic_write_bytes(path, data)
+    return path
+
+
+def read_adapters(path: str):
+    """``(tensors, metadata)`` of an adapter file, refusing any other file."""
+    from safetensors import safe_open
+    if not osp.isfile(path):
+        raise FileNotFoundError(f'adapter file {path!r} does not exist.')
+    try:
+        with safe_open(path, framework='pt') as f:
+            metadata = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as err:  # safetensors raises its own error types
+        raise ValueError(f'{path!r} is not a readable safetensors file ({err}).') from err
+    if metadata.get('format') != FORMAT:
+        raise ValueError(
+            f'{path!r} is a safetensors file but not an mmseg_naslora adapter file '
+            f'(metadata format={metadata.get("format")!r}); write one with '
+            'tools/export.py --mode adapters or the AdapterCheckpointHook.')
+    return tensors, metadata
+
+
+def check_metadata(metadata: Mapping[str, str], model_cfg: Mapping, path: str,
+                   strict: bool = True) -> None:
+    """Refuse (``strict``) or warn about a base model that differs from the file's.
+
+    Compares the backbone type, arch and adapter config, and the sha256 of the
+    config's base checkpoint files with those recorded in the file.
+    """
+    problems = []
+    own = describe_model(model_cfg)
+    for field in CHECKED_FIELDS:
+        if metadata.get(field) != own[field]:
+            problems.append(f'model.backbone.{field if field != "backbone" else "type"}: '
+                            f'file has {metadata.get(field)}, config has {own[field]}')
+    recorded = json.loads(metadata.get('base_sha256') or '{}')
+    if recorded:
+        paths = base_checkpoints(model_cfg)
+        missing = [p for p in paths if not osp.isfile(p)]
+        if missing:
+            problems.append(f'base checkpoint(s) {missing} of the config do not exist, so '
+                            'they cannot be compared with the base the adapters were '
+                            'trained on')
+        ours = {sha256_file(p) for p in paths if osp.isfile(p)}
+        theirs = set(recorded.values())
+        if not missing and ours != theirs:
+            problems.append(f'base checkpoint sha256 differs: file was trained on '
+                            f'{recorded}, config loads '
+                            f'{ {p: sha256_file(p) for p in paths if osp.isfile(p)} }')
+    if not problems:
+        return
+    msg = (f'adapter file {path!r} does not match the base model of the config:\n  '
+           + '\n  '.join(problems)
+           + '\nfix: use the config (and base SAM checkpoint) the adapters were trained '
+           'with, or pass strict=False to load anyway.')
+    if strict:
+        raise ValueError(msg)
+    print_log(msg.replace('\nfix:', '\n(strict=False: loading anyway)'),
+              logger='current', level=logging.WARNING)
+
+
+def load_adapters(model: nn.Module, path: str, model_cfg: Mapping,
+                  strict: bool = True) -> Dict[str, str]:
+    """Load an adapter file onto ``model``, whose base weights are already loaded.
+
+    Args:
+        model (nn.Module): Built from ``model_cfg``, base SAM weights loaded.
+        path (str): The ``.safetensors`` adapter file.
+        model_cfg (Mapping): The config ``model`` was built from.
+        strict (bool): Refuse a base that differs (arch, adapter, base sha256)
+            and a file that lacks some trainable tensor of the model; with
+            False these are warnings. Unknown keys and shape mismatches are
+            always refused. Defaults to True.
+
+    Returns:
+        dict: The file's metadata.
+    """
+    tensors, metadata = read_adapters(path)
+    check_metadata(metadata, model_cfg, path, strict)
+    state = model.state_dict()
+    unexpected = sorted(k for k in tensors if k not in state)
+    shapes = [f'{k}: file {tuple(v.shape)}, model {tuple(state[k].shape)}'
+              for k, v in tensors.items() if k in state and state[k].shape != v.shape]
+    if unexpected or shapes:
+        raise ValueError(
+            f'adapter file {path!r} does not fit {type(model).__name__}: '
+            + (f'keys not in the model ({len(unexpected)}): {unexpected[:5]}; '
+               if unexpected else '')
+            + (f'shape mismatches: {shapes[:5]}; ' if shapes else '')
+            + 'build the model from the config the adapters were trained with.')
+    missing = sorted(set(trainable_state_keys(model)) - set(tensors))
+    if missing:
+        msg = (f'adapter file {path!r} lacks {len(missing)} trainable tensor(s) of the '
+               f'model: {missing[:5]}')
+        if strict:
+            raise ValueError(msg + '; was it written for another head or adapter config?')
+        print_log(msg + ' (strict=False: they keep their initial values)',
+                  logger='current', level=logging.WARNING)
+    with torch.no_grad():
+        for key, value in tensors.items():
+            state[key].copy_(value)
+    return metadata
+
