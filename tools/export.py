@@ -2,11 +2,17 @@
 
     python tools/export.py CONFIG CHECKPOINT --mode {fold,collapse,topk} \
         [--topk K] --out OUT_DIR [--shape H W] [--cfg-options ...]
+    python tools/export.py CONFIG CHECKPOINT --mode adapters --out OUT_DIR
 
 Writes ``OUT_DIR/exported.pth`` and ``OUT_DIR/exported_config.py`` (run them
 with ``tools/test.py``), then prints the largest output difference between
 the original and the exported model on a random input, and the CPU latency
 of both. The conversion is :func:`mmseg_naslora.models.adapters.export.export_adapters`.
+
+``--mode adapters`` instead writes ``OUT_DIR/adapters.safetensors``: the
+trained tensors of the checkpoint only, to share and to load onto the base
+SAM checkpoint with ``tools/test.py CONFIG OUT_DIR/adapters.safetensors``
+(:mod:`mmseg_naslora.models.utils.adapter_io`).
 """
 import argparse
 import copy
@@ -24,6 +30,8 @@ from mmseg.registry import MODELS
 
 import mmseg_naslora  # noqa: F401  (registers modules and the checkpoint loader fix)
 from mmseg_naslora.models.adapters.export import EXPORT_MODES, export_adapters
+from mmseg_naslora.models.utils.adapter_io import (adapter_state_dict, base_checkpoints,
+                                                   save_adapters)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -31,9 +39,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         description='Fold, collapse or prune trained adapters for inference')
     parser.add_argument('config', help='training config file path')
     parser.add_argument('checkpoint', help='trained checkpoint file')
-    parser.add_argument('--mode', required=True, choices=EXPORT_MODES,
+    parser.add_argument('--mode', required=True, choices=EXPORT_MODES + ('adapters', ),
                         help='fold: merge LoRA into qkv; collapse: linear NAS '
-                        'cells -> one conv; topk: keep the top-k ops per cell')
+                        'cells -> one conv; topk: keep the top-k ops per cell; '
+                        'adapters: write the trained tensors to adapters.safetensors')
     parser.add_argument('--topk', type=int, help='ops to keep with --mode topk')
     parser.add_argument('--out', required=True, help='output directory')
     parser.add_argument('--shape', type=int, nargs=2, metavar=('H', 'W'),
@@ -94,6 +103,21 @@ def exported_config(cfg: Config, adapter_cfg) -> Config:
     return cfg
 
 
+def write_adapter_file(cfg: Config, model: torch.nn.Module, args) -> None:
+    """``--mode adapters``: the checkpoint's trainable tensors, as safetensors."""
+    missing = [p for p in base_checkpoints(cfg.model) if not osp.isfile(p)]
+    if missing:
+        raise SystemExit(f'base checkpoint(s) {missing} of the config do not exist; the '
+                         'adapter file records their sha256, so point the config at them '
+                         '(--cfg-options sam_checkpoint=... model.backbone.checkpoint=...).')
+    tensors = adapter_state_dict(model)
+    path = save_adapters(osp.join(args.out, 'adapters.safetensors'), tensors, cfg.model,
+                         source=osp.basename(args.checkpoint))
+    size = osp.getsize(path)
+    print(f'wrote {len(tensors)} trainable tensors ({size / 2**20:.2f} MiB, '
+          f'{size / max(osp.getsize(args.checkpoint), 1):.1%} of the checkpoint) to {path}')
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     cfg = Config.fromfile(args.config)
@@ -108,6 +132,9 @@ def main(argv=None) -> None:
     load_checkpoint(model, args.checkpoint, map_location='cpu', strict=True,
                     logger='silent')
     model.eval()
+    if args.mode == 'adapters':
+        write_adapter_file(cfg, model, args)
+        return
     exported = copy.deepcopy(model)
     adapter_cfg = export_adapters(exported.backbone, args.mode, args.topk)
 

@@ -7,6 +7,7 @@ from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
 import mmseg_naslora  # noqa: F401  (registers modules and the checkpoint loader fix)
+from mmseg_naslora.engine.reliability_defaults import add_reliability_hooks
 from mmseg_naslora.utils.cli import init_cpu_distributed, set_data_root
 
 
@@ -44,6 +45,7 @@ def main() -> None:
     if not osp.isfile(args.checkpoint):
         raise SystemExit(f'checkpoint {args.checkpoint!r} does not exist.')
     cfg.load_from = args.checkpoint
+    add_reliability_hooks(cfg)
     if args.show_dir:
         cfg.default_hooks.visualization.draw = True
         cfg.visualizer.save_dir = args.show_dir

@@ -8,6 +8,7 @@ from mmengine.runner import Runner
 from mmseg.registry import RUNNERS
 
 import mmseg_naslora  # noqa: F401  (registers modules and the checkpoint loader fix)
+from mmseg_naslora.engine.reliability_defaults import add_reliability_hooks
 from mmseg_naslora.utils.cli import enable_amp, init_cpu_distributed, set_data_root
 
 
@@ -45,6 +46,7 @@ def main() -> None:
     if args.amp:
         enable_amp(cfg)
     cfg.resume = args.resume
+    add_reliability_hooks(cfg)
     init_cpu_distributed(cfg, args.launcher)
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
     runner.train()

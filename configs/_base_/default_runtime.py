@@ -13,3 +13,8 @@ load_from = None
 resume = False
 randomness = dict(seed=0)
 tta_model = dict(type='SegTTAModel')
+# Reliability hooks (StartupCheckHook, NonFiniteLossHook, AdapterCheckpointHook,
+# which writes work_dir/adapters.safetensors) are added to default_hooks by
+# tools/train.py and tools/test.py (mmseg_naslora/engine/reliability_defaults.py):
+# mmengine forbids a key defined by two _base_ files, and the schedules own
+# default_hooks. Turn one off with default_hooks = dict(adapter_checkpoint=None).

@@ -83,3 +83,16 @@ class BinarySegDataset(BaseSegDataset):
                 f'{self.data_prefix.get("img_path")} (ann_file='
                 f'{self.ann_file!r}); is img_suffix right for this data?')
         return data_list
+
+    def prepare_data(self, idx: int):
+        """Run the pipeline, naming the files of a sample that fails to load."""
+        try:
+            return super().prepare_data(idx)
+        except Exception as err:
+            info = self.get_data_info(idx)
+            raise RuntimeError(
+                f'{type(self).__name__}: sample {idx} failed in the pipeline '
+                f'(img_path={info.get("img_path")}, seg_map_path='
+                f'{info.get("seg_map_path")}): {type(err).__name__}: {err}. If a file '
+                'is corrupt or not an image, re-export it or remove it from the '
+                'split.') from err

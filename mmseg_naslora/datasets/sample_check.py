@@ -81,6 +81,15 @@ def check_samples(dataset, num_samples: int = 8) -> None:
         if reduce_zero:
             values = np.where(values == 0, ignore, values - 1)
             values[values == ignore - 1] = ignore
+        if num_classes == 2 and set(values.tolist()) == {0, ignore}:
+            # Background and "ignore" only: almost always a 0/255 binary mask,
+            # which would train no foreground pixel at all.
+            raise ValueError(
+                f'{name}: mask {seg_path} holds only 0 and {ignore}, but {ignore} is '
+                f'ignore_index: this looks like a 0/255 binary mask, and its '
+                f'foreground would be ignored (allowed values: [0, {num_classes}) ∪ '
+                f'{{ignore_index={ignore}}}). Fix the masks: {_converter_hint(dataset)}. '
+                'If such masks are intended, set StartupCheckHook num_samples=0.')
         bad = [int(v) for v in values if not (0 <= v < num_classes or v == ignore)]
         if bad:
             raise ValueError(

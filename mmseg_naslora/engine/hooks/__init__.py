@@ -1,3 +1,6 @@
+from .adapter_checkpoint_hook import AdapterCheckpointHook
 from .nas_stage_hook import NASStageHook
+from .nonfinite_loss_hook import NonFiniteLossHook
+from .startup_check_hook import StartupCheckHook
 
-__all__ = ['NASStageHook']
+__all__ = ['AdapterCheckpointHook', 'NASStageHook', 'NonFiniteLossHook', 'StartupCheckHook']

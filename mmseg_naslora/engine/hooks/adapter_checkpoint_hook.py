@@ -53,8 +53,16 @@ class AdapterCheckpointHook(Hook):
         self._source = ''
 
     @staticmethod
-    def _model(runner):
+    def _target(runner):
+        """The module mmengine saves and loads (a DDP wrapper's ``module``)."""
         return runner.model.module if is_model_wrapper(runner.model) else runner.model
+
+    def _model(self, runner):
+        """The segmentor itself (inside a ``SegTTAModel`` too)."""
+        model = self._target(runner)
+        if not hasattr(model, 'backbone') and hasattr(model, 'module'):
+            model = model.module
+        return model
 
     # Saving ---------------------------------------------------------------
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
@@ -103,7 +111,9 @@ class AdapterCheckpointHook(Hook):
         if not diff:
             return
         action = 'resume from' if getattr(runner, '_resume', False) else 'load'
-        msg = (f'cannot {action} this checkpoint: it was trained with another adapter/'
+        source = getattr(runner, '_load_from', None) or \
+            f'the last checkpoint in {runner.work_dir}'
+        msg = (f'cannot {action} this checkpoint ({source}): it was trained with another adapter/'
                'backbone config:\n  ' + '\n  '.join(diff)
                + '\nfix: use the config the checkpoint was trained with, or start a '
                'new work_dir (--work-dir) instead of --resume.')
@@ -117,14 +127,17 @@ class AdapterCheckpointHook(Hook):
                 f'cannot resume from the adapter file {path!r}: it holds weights only '
                 '(no optimizer, scheduler or iteration). Use load_from (or tools/test.py) '
                 'for adapter files, and --resume with a .pth training checkpoint.')
-        model = self._model(runner)
+        target, model = self._target(runner), self._model(runner)
         if not getattr(model, 'is_init', False):
             # test/val never call init_weights: load the base SAM weights first.
             model.init_weights()
-        load_adapters(model, path, runner.cfg.model, strict=self.strict)
+        model_cfg = runner.cfg.model
+        if 'backbone' not in model_cfg and 'module' in model_cfg:  # SegTTAModel
+            model_cfg = model_cfg['module']
+        load_adapters(model, path, model_cfg, strict=self.strict)
         print_log(f'AdapterCheckpointHook: loaded adapters from {path} onto the base '
                   'weights of the config', logger='current')
         # The model is complete now; hand mmengine a full, matching state dict.
-        checkpoint['state_dict'] = model.state_dict()
+        checkpoint['state_dict'] = target.state_dict()
         checkpoint['meta'] = dict(checkpoint['meta'],
                                   adapter_cfg=describe_model(runner.cfg.model))

@@ -33,7 +33,7 @@ class NonFiniteLossHook(Hook):
             if self.keys not in name:
                 continue
             try:
-                number = float(value)
+                number = float(value.detach() if hasattr(value, 'detach') else value)
             except (TypeError, ValueError):
                 continue
             if not math.isfinite(number):

@@ -53,6 +53,10 @@ class StartupCheckHook(Hook):
     def before_train(self, runner) -> None:
         self._check_input_size(runner)
         self._check_data(runner, runner.train_dataloader.dataset, 'train_dataloader')
+        # Validation data too: a bad val file would otherwise fail only after
+        # the first checkpoints are written.
+        if getattr(runner, '_val_loop', None) is not None:
+            self._check_data(runner, runner.val_loop.dataloader.dataset, 'val_dataloader')
 
     def before_val(self, runner) -> None:
         self._check_data(runner, runner.val_dataloader.dataset, 'val_dataloader')

@@ -129,6 +129,13 @@ class SAMViT(BaseModule):
         return state
 
     def _arch_hint(self, state: dict) -> str:
+        # Other SAM families share the image_encoder.* prefix but not the layout.
+        if any(k.startswith('trunk.') for k in state):
+            return ("hint: this is a SAM 2 (Hiera) checkpoint; use backbone type='SAM2Hiera' "
+                    "and decode_head type='SAM2MaskDecoderHead'.")
+        if any(k.startswith('layers.') for k in state):
+            return ("hint: this is a TinyViT (LiteMedSAM/MobileSAM) checkpoint; use "
+                    "backbone type='SAMTinyViT'.")
         width = state['patch_embed.proj.weight'].shape[0] \
             if 'patch_embed.proj.weight' in state else None
         depth = len({k.split('.')[1] for k in state if k.startswith('blocks.')})

@@ -110,6 +110,8 @@ def _to_jsonable(value):
 
 def describe_model(model_cfg: Mapping) -> Dict[str, str]:
     """The metadata fields of ``model_cfg`` that an adapter file must agree with."""
+    if 'backbone' not in model_cfg and 'module' in model_cfg:  # SegTTAModel
+        model_cfg = model_cfg['module']
     backbone = dict(model_cfg.get('backbone') or {})
     return dict(
         backbone=json.dumps(backbone.get('type')),

@@ -1,0 +1,46 @@
+"""The reliability hooks every run of ``tools/train.py``/``tools/test.py`` gets.
+
+They cannot be listed in ``configs/_base_/default_runtime.py``: mmengine
+refuses a key defined by two ``_base_`` files, and the schedules already
+define ``default_hooks`` (and the NAS schedules ``custom_hooks``, which
+mmengine would replace, not extend). So the command-line tools add them to
+``cfg.default_hooks`` unless the config names them itself; a config turns
+one off with e.g. ``default_hooks = dict(adapter_checkpoint=None)`` and tunes
+one with ``default_hooks = dict(adapter_checkpoint=dict(strict=False))`` or
+``--cfg-options default_hooks.adapter_checkpoint.strict=False``.
+"""
+import copy
+
+from mmengine.config import Config
+
+# Importing the modules registers the hooks.
+from .hooks.adapter_checkpoint_hook import AdapterCheckpointHook  # noqa: F401
+from .hooks.nonfinite_loss_hook import NonFiniteLossHook  # noqa: F401
+from .hooks.startup_check_hook import StartupCheckHook  # noqa: F401
+
+RELIABILITY_HOOKS = dict(
+    startup_check=dict(type='StartupCheckHook', num_samples=8),
+    nonfinite_loss=dict(type='NonFiniteLossHook'),
+    adapter_checkpoint=dict(type='AdapterCheckpointHook'),
+)
+
+
+def add_reliability_hooks(cfg: Config) -> None:
+    """Add :data:`RELIABILITY_HOOKS` to ``cfg.default_hooks`` where not set.
+
+    An entry the config sets to None is removed (mmengine accepts None only
+    for its own default hook names); an entry without ``type`` updates the
+    default's arguments.
+    """
+    hooks = cfg.get('default_hooks')
+    if hooks is None:
+        cfg.default_hooks = {}
+        hooks = cfg.default_hooks  # Config stores its own ConfigDict copy
+    for name, hook in RELIABILITY_HOOKS.items():
+        if name not in hooks:
+            hooks[name] = copy.deepcopy(hook)
+        elif hooks[name] is None:
+            hooks.pop(name)
+        elif 'type' not in hooks[name]:
+            # e.g. --cfg-options default_hooks.adapter_checkpoint.strict=False
+            hooks[name] = dict(copy.deepcopy(hook), **hooks[name])

@@ -1,0 +1,95 @@
+"""tools/benchmark.py --quick: every method row and every column, from a real subprocess run."""
+import json
+import os
+import os.path as osp
+import subprocess
+import sys
+
+import pytest
+
+REPO_ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+sys.path.insert(0, osp.join(REPO_ROOT, 'tools'))
+import benchmark  # noqa: E402
+
+COLUMNS = ('trainable_params', 'alpha_params', 'model_mb', 'train_step_ms', 'train_step_ms_all',
+           'peak_train_mem_mb', 'flops_per_step', 'achieved_flops', 'infer_ms',
+           'export_mode', 'infer_export_ms', 'export_max_abs_diff', 'ratio_to_lora',
+           'ratio_to_full')
+
+
+def run_tool(*args, timeout=300):
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    proc = subprocess.run([sys.executable, 'tools/benchmark.py', *args], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=timeout, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+@pytest.fixture(scope='module')
+def quick(tmp_path_factory):
+    out = tmp_path_factory.mktemp('bench') / 'bench.json'
+    proc = run_tool('--quick', '--out', str(out))
+    with open(out) as f:
+        return json.load(f), proc.stdout
+
+
+def test_quick_run_has_every_row_and_column(quick):
+    result, stdout = quick
+    rows = {r['method']: r for r in result['rows']}
+    expected = [m for m in benchmark.METHODS if m != 'sam2lora' or benchmark.sam2_available()]
+    assert list(rows) == expected
+    for name, row in rows.items():
+        assert 'error' not in row, (name, row.get('error'))
+        missing = [c for c in COLUMNS if c not in row]
+        assert not missing, (name, missing)
+        assert len(row['train_step_ms_all']) == 2  # --quick: 2 timed steps
+        for key in ('train_step_ms', 'infer_ms', 'flops_per_step', 'achieved_flops',
+                    'peak_train_mem_mb'):
+            assert row[key] > 0, (name, key)
+        assert set(row['ratio_to_lora']) == set(benchmark.RATIO_KEYS)
+        assert row['label'] in stdout  # the markdown table
+    meta = result['meta']
+    assert meta['matmul_peak_flops'] > 0 and 'random weights' in meta['weights']
+    assert meta['batch_size'] == 2 and meta['steps'] == 2 and meta['warmup'] == 1
+
+
+def test_quick_run_values_are_consistent(quick):
+    rows = {r['method']: r for r in quick[0]['rows']}
+    # Ratios come from the same run, against the lora and full rows.
+    for key, value in rows['lora']['ratio_to_lora'].items():
+        assert value is None or value == pytest.approx(1.), key
+    assert rows['full']['ratio_to_full']['train_step_ms'] == pytest.approx(1.)
+    ratio = rows['conv_lora']['ratio_to_lora']['train_step_ms']
+    assert ratio == pytest.approx(rows['conv_lora']['train_step_ms']
+                                  / rows['lora']['train_step_ms'])
+    # Trainable parameters: decoder only < LoRA < full fine-tuning; α only in NAS rows.
+    params = {k: r['trainable_params'] for k, r in rows.items()}
+    assert params['frozen'] < params['lora'] < params['full']
+    assert all((rows[k]['alpha_params'] > 0) == k.startswith('nas') for k in rows)
+    # Stage 2 adds an α forward/backward to every step.
+    assert rows['nas_lora_s2']['flops_per_step'] > 1.5 * rows['nas_lora_s1']['flops_per_step']
+    # Exports: folding and collapsing are exact, top-k is an approximation.
+    assert rows['lora']['export_mode'] == 'fold'
+    assert rows['lora']['export_max_abs_diff'] < 1e-4
+    assert rows['nas_lora_linear_s2']['export_mode'] == 'collapse'
+    assert rows['nas_lora_linear_s2']['export_max_abs_diff'] < 1e-4
+    assert rows['nas_lora_s2']['export_mode'] == 'topk2'
+    assert rows['nas_lora_s2']['export_max_abs_diff'] > 0
+    for name in ('frozen', 'full', 'conv_lora'):
+        assert rows[name]['export_mode'] is None and rows[name]['infer_export_ms'] is None
+
+
+def test_profile_attributes_the_nas_cell(tmp_path):
+    out = tmp_path / 'profile.json'
+    run_tool('--quick', '--profile', 'nas_lora_s2', '--out', str(out))
+    with open(out) as f:
+        result = json.load(f)
+    assert result['wall_ms'] > 0 and result['optimizer_ms'] > 0
+    for part in ('cell', 'attention', 'mlp', 'decoder'):
+        assert result['forward_ms'][part] > 0, part
+        assert result['backward_ms'][part] > 0, part
+
+
+def test_bad_arch_is_refused():
+    with pytest.raises(SystemExit, match='neither one of'):
+        benchmark.model_config(benchmark.parse_args(['--arch', 'vit-x']), 'lora')
