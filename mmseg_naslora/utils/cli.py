@@ -1,10 +1,39 @@
-"""Config edits shared by the command-line tools."""
+"""Arguments and config edits shared by the command-line tools."""
+import argparse
 import logging
+import os
 import os.path as osp
 
 import torch
-from mmengine.config import Config
+from mmengine.config import Config, DictAction
 from mmengine.logging import print_log
+
+
+def add_common_args(parser: argparse.ArgumentParser) -> None:
+    """Arguments every tool takes after its positional ones (mmseg's names)."""
+    parser.add_argument('--work-dir', help='the dir to save logs, results and models')
+    parser.add_argument('--data-root', help='override the data_root of every dataset')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config settings, key=value pairs')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
+                        default='none', help='job launcher')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+
+
+def load_config(args: argparse.Namespace) -> Config:
+    """Read ``args.config`` and apply the common arguments to it."""
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    cfg = Config.fromfile(args.config)
+    cfg.launcher = args.launcher
+    if args.cfg_options is not None:
+        cfg.merge_from_dict(args.cfg_options)
+    if args.data_root:
+        set_data_root(cfg, args.data_root)
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get('work_dir') is None:
+        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    return cfg
 
 
 def set_data_root(cfg: Config, data_root: str) -> None:
