@@ -23,13 +23,6 @@ class CAMODataset(BinarySegDataset):
     METAINFO = CAMOUFLAGE_METAINFO
     CONVERTER = 'camo.py'
 
-    def __init__(self,
-                 img_suffix: str = '.jpg',
-                 seg_map_suffix: str = '.png',
-                 **kwargs) -> None:
-        super().__init__(
-            img_suffix=img_suffix, seg_map_suffix=seg_map_suffix, **kwargs)
-
 
 @DATASETS.register_module()
 class COD10KDataset(BinarySegDataset):
@@ -40,10 +33,3 @@ class COD10KDataset(BinarySegDataset):
     """
     METAINFO = CAMOUFLAGE_METAINFO
     CONVERTER = 'cod10k.py'
-
-    def __init__(self,
-                 img_suffix: str = '.jpg',
-                 seg_map_suffix: str = '.png',
-                 **kwargs) -> None:
-        super().__init__(
-            img_suffix=img_suffix, seg_map_suffix=seg_map_suffix, **kwargs)

@@ -17,10 +17,3 @@ class ISIC2017Dataset(BinarySegDataset):
         classes=('background', 'lesion'),
         palette=[[0, 0, 0], [255, 255, 255]])
     CONVERTER = 'isic2017.py'
-
-    def __init__(self,
-                 img_suffix: str = '.jpg',
-                 seg_map_suffix: str = '.png',
-                 **kwargs) -> None:
-        super().__init__(
-            img_suffix=img_suffix, seg_map_suffix=seg_map_suffix, **kwargs)

@@ -15,10 +15,3 @@ class LeafDiseaseDataset(BinarySegDataset):
         classes=('background', 'disease'),
         palette=[[0, 0, 0], [255, 255, 255]])
     CONVERTER = 'leaf_disease.py'
-
-    def __init__(self,
-                 img_suffix: str = '.jpg',
-                 seg_map_suffix: str = '.png',
-                 **kwargs) -> None:
-        super().__init__(
-            img_suffix=img_suffix, seg_map_suffix=seg_map_suffix, **kwargs)

@@ -17,10 +17,3 @@ class SBUShadowDataset(BinarySegDataset):
         classes=('background', 'shadow'),
         palette=[[0, 0, 0], [255, 255, 255]])
     CONVERTER = 'sbu.py'
-
-    def __init__(self,
-                 img_suffix: str = '.jpg',
-                 seg_map_suffix: str = '.png',
-                 **kwargs) -> None:
-        super().__init__(
-            img_suffix=img_suffix, seg_map_suffix=seg_map_suffix, **kwargs)

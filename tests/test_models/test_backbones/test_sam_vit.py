@@ -1,6 +1,6 @@
 import pytest
 import torch
-from conftest import TINY_ARCH, TINY_WINDOW, build_official_sam
+from conftest import TINY_ARCH, TINY_WINDOW
 
 from mmseg_naslora.models.adapters import LoRA
 from mmseg_naslora.models.backbones import SAMViT
