@@ -155,7 +155,7 @@ class SAMViT(BaseModule):
         x = enc.patch_embed(x)
         x = x + resize_pos_embed(enc.pos_embed, x.shape[1:3])
         for block in enc.blocks:
-            if self.with_cp and x.requires_grad:
+            if self.with_cp and torch.is_grad_enabled():
                 x = cp.checkpoint(block, x, use_reentrant=False)
             else:
                 x = block(x)

@@ -1,0 +1,297 @@
+"""Every config of the zoo parses, says what its name says, and its model runs (tiny arch).
+
+The tiny builds replace each backbone's architecture and the decoder widths (``checkpoint``
+set to None) and keep everything else of the config: segmentor type, adapter, heads, neck.
+"""
+import ast
+import functools
+import glob
+import os.path as osp
+import re
+
+import pytest
+import torch
+from conftest import REPO_ROOT, TINY_ARCH, TINY_DECODER, TINY_WINDOW
+from mmengine.config import Config
+from mmseg.registry import HOOKS, MODELS
+
+import mmseg_naslora  # noqa: F401  (registers every module the configs name)
+import mmseg_naslora.engine.hooks.nas_stage_hook  # noqa: F401
+import mmseg_naslora.models.backbones.sam2_hiera  # noqa: F401
+import mmseg_naslora.models.backbones.sam_tinyvit  # noqa: F401
+import mmseg_naslora.models.decode_heads.sam2_mask_decoder_head  # noqa: F401
+from mmseg_naslora.models.segmentors.nas_encoder_decoder import NASEncoderDecoder
+
+CONFIG_ROOT = osp.join(REPO_ROOT, 'configs')
+CONFIGS = sorted(p for p in glob.glob(osp.join(CONFIG_ROOT, '**', '*.py'), recursive=True)
+                 if '_base_' not in p.split(osp.sep))
+ALIASES = {'naslora_sam_b_isic.py'}  # short top-level names of canonical configs
+NAMED = [p for p in CONFIGS if osp.basename(p) not in ALIASES]
+NAME_RE = re.compile(r'^(?P<method>[a-z0-9-]+)_(?P<backbone>[a-z0-9-]+)_'
+                     r'(?P<gpus>\d+)xb(?P<batch>\d+)-(?P<length>\d+)(?P<unit>[ek]?)_'
+                     r'(?P<dataset>[a-z0-9-]+)-(?P<crop_h>\d+)x(?P<crop_w>\d+)\.py$')
+
+FG, SOD, AUC = 'ForegroundIoUMetric', 'SODMetric', 'AUCMetric'
+# dataset token -> (dataset class of the val/test split, the papers' metric(s))
+DATASETS = {
+    'isic2017': ('ISIC2017Dataset', {FG}),
+    'kvasir': ('KvasirSEGDataset', {FG}),  # the train/val copy of ../shared/data
+    'kvasir-pranet': ('KvasirSEGDataset', {SOD, FG}),
+    'cvc-clinicdb': ('CVCClinicDBDataset', {SOD, FG}),
+    'cvc-colondb': ('CVCColonDBDataset', {SOD, FG}),
+    'etis': ('ETISLaribDataset', {SOD, FG}),
+    'cvc-300': ('CVC300Dataset', {SOD, FG}),
+    'camo': ('CAMODataset', {SOD, FG}),
+    'cod10k': ('COD10KDataset', {SOD, FG}),
+    'sbu': ('SBUShadowDataset', {'BERMetric'}),
+    'leaf-disease': ('LeafDiseaseDataset', {FG}),
+    'massachusetts-roads': ('MassachusettsRoadsDataset', {FG}),
+    'trans10k-v1': ('Trans10KV1Dataset', {'IoUMetric'}),
+    'trans10k-v2': ('Trans10KV2Dataset', {'IoUMetric'}),
+    'camvid': ('CamVidDataset', {'IoUMetric'}),
+    'ade20k': ('ADE20KDataset', {'IoUMetric'}),
+    'drive': ('DRIVEDataset', {FG, AUC}),
+    'chase-db1': ('ChaseDB1Dataset', {FG, AUC}),
+    'stare': ('STAREDataset', {FG, AUC}),
+    'hrf': ('HRFDataset', {FG, AUC}),
+    'fundus-vessels': ('ConcatDataset', {FG, AUC}),
+    'optic-disc': ('BinarySegDataset', {FG, AUC}),
+}
+# method token -> adapter type in the backbone
+ADAPTERS = {'lora': 'LoRA', 'convlora': 'ConvLoRA', 'naslora': 'NASLoRA',
+            'naspclora': 'NASPCLoRA', 'sam2lora': 'LoRA', 'decoder-only': None}
+# Every dataset class of the package and the mmseg fundus classes have a zoo config.
+ZOO_DATASETS = ['isic2017', 'kvasir-pranet', 'cvc-clinicdb', 'cvc-colondb', 'etis', 'cvc-300',
+                'camo', 'cod10k', 'sbu', 'leaf-disease', 'massachusetts-roads', 'trans10k-v1',
+                'trans10k-v2', 'drive', 'chase-db1', 'stare', 'hrf']
+SAM2_TINY = dict(embed_dim=16, num_heads=1, stages=(1, 1, 2, 1), global_att_blocks=(3, ),
+                 window_spec=(4, 2, 2, 1), window_pos_embed_bkg_spatial_size=(4, 4))
+TINY_SAM_DECODER = dict(transformer_mlp_dim=64, transformer_num_heads=2, iou_head_hidden_dim=32)
+
+
+@functools.lru_cache(maxsize=None)
+def load(path: str) -> Config:
+    return Config.fromfile(path)
+
+
+def parse_name(path: str) -> dict:
+    match = NAME_RE.match(osp.basename(path))
+    assert match, (f'{osp.relpath(path, REPO_ROOT)} does not follow '
+                   '{method}_{backbone}_{N}xb{B}-{schedule}_{dataset}-{H}x{W}.py')
+    return match.groupdict()
+
+
+def dataset_types(dataset_cfg) -> set:
+    """Dataset classes of a dataset config, through Concat/Repeat wrappers."""
+    if 'datasets' in dataset_cfg:
+        return set().union(*(dataset_types(d) for d in dataset_cfg['datasets']))
+    if dataset_cfg['type'] == 'RepeatDataset':
+        return dataset_types(dataset_cfg['dataset'])
+    return {dataset_cfg['type']}
+
+
+def evaluator_types(evaluator) -> set:
+    evaluator = evaluator if isinstance(evaluator, (list, tuple)) else [evaluator]
+    return {e['type'] for e in evaluator}
+
+
+def base_depth(path: str) -> int:
+    """Levels of ``_base_`` above a config: 0 without one, 1 for a flat list of bases."""
+    bases = []
+    for node in ast.parse(open(path).read()).body:
+        if isinstance(node, ast.Assign) and any(
+                getattr(t, 'id', None) == '_base_' for t in node.targets):
+            value = ast.literal_eval(node.value)
+            bases = [value] if isinstance(value, str) else list(value)
+    depth = -1
+    for base in bases:
+        if base.startswith('mmseg::'):
+            import mmseg
+            base_path = osp.join(osp.dirname(mmseg.__file__), '.mim', 'configs',
+                                 base[len('mmseg::'):])
+        else:
+            base_path = osp.normpath(osp.join(osp.dirname(path), base))
+        assert osp.isfile(base_path), f'{path}: missing base {base}'
+        depth = max(depth, base_depth(base_path))
+    return depth + 1
+
+
+def test_the_zoo_is_complete():
+    names = {osp.basename(p) for p in CONFIGS}
+    schedules = {'isic2017': ('30e', '40e'), 'kvasir-pranet': ('30e', '40e'),
+                 'camo': ('20e', '28e'), 'sbu': ('10e', '12e'),
+                 'massachusetts-roads': ('20e', '28e'), 'drive': ('20k', '28k')}
+    for dataset in ZOO_DATASETS:
+        lora, nas = schedules.get(dataset, ('20e', '28e') if dataset == 'cod10k' else
+                                  ('20k', '28k') if dataset in ('chase-db1', 'stare', 'hrf')
+                                  else ('30e', '40e'))
+        for method, length in [('lora', lora), ('convlora', lora), ('naslora', nas),
+                               ('naspclora', nas)]:
+            assert f'{method}_sam-vit-b_1xb4-{length}_{dataset}-1024x1024.py' in names
+    for dataset, (lora, nas) in [('isic2017', ('30e', '40e')), ('kvasir-pranet', ('30e', '40e')),
+                                 ('camo', ('20e', '28e'))]:
+        for arch in 'lh':
+            for method, length in [('lora', lora), ('convlora', lora), ('naslora', nas)]:
+                assert f'{method}_sam-vit-{arch}_1xb4-{length}_{dataset}-1024x1024.py' in names
+    assert {'lora_sam-vit-b-upernet_1xb4-80k_ade20k-512x512.py',
+            'lora_sam-vit-b-fcn_1xb4-80k_ade20k-512x512.py'} <= names
+
+
+@pytest.mark.parametrize('path', CONFIGS, ids=lambda p: osp.relpath(p, CONFIG_ROOT))
+def test_inheritance_is_at_most_three_deep(path):
+    assert base_depth(path) <= 3
+    if '_sam-vit-' in osp.basename(path):  # the zoo: flat, or one variant of a flat config
+        assert base_depth(path) <= 2
+
+
+@pytest.mark.parametrize('path', NAMED, ids=osp.basename)
+def test_name_matches_config(path):
+    name = parse_name(path)
+    cfg = load(path)
+    assert name['method'] in ADAPTERS, f'unknown method {name["method"]}'
+    assert name['dataset'] in DATASETS, f'dataset {name["dataset"]} has no row in DATASETS'
+    backbone = cfg.model.backbone
+    adapter = backbone.get('adapter')
+    assert (adapter['type'] if adapter else None) == ADAPTERS[name['method']]
+    if name['method'] in ('naslora', 'naspclora'):
+        assert cfg.model.type == 'NASEncoderDecoder'
+        assert cfg.optim_wrapper.constructor == 'NASOptimWrapperConstructor'
+    if name['method'] == 'convlora':
+        # loss_moe, the only signal that trains the gate, comes from NASEncoderDecoder.
+        assert cfg.model.type == 'NASEncoderDecoder' and cfg.optim_wrapper.type == 'OptimWrapper'
+    # backbone token -> backbone type and SAM size
+    if name['backbone'].startswith('sam-vit-'):
+        arch = name['backbone'].split('-')[2]
+        assert backbone.type == 'SAMViT' and backbone.arch == arch
+        files = dict(b='sam_vit_b_01ec64', l='sam_vit_l_0b3195', h='sam_vit_h_4b8939')
+        head_checkpoint = cfg.model.decode_head.get('checkpoint', backbone.checkpoint)
+        assert {backbone.checkpoint, head_checkpoint} == {f'checkpoints/{files[arch]}.pth'}
+        assert backbone.img_size == int(name['crop_w'])
+    elif name['backbone'] == 'litemedsam':
+        assert backbone.type == 'SAMTinyViT'
+    else:
+        assert name['backbone'].startswith('sam2-hiera') and backbone.type == 'SAM2Hiera'
+    # schedule and crop tokens
+    assert cfg.train_dataloader.batch_size == int(name['batch'])
+    length = int(name['length']) * (1000 if name['unit'] == 'k' else 1)
+    if name['unit'] == 'e':
+        assert cfg.train_cfg.type == 'EpochBasedTrainLoop'
+        assert cfg.train_cfg.max_epochs == length
+        assert cfg.log_processor.by_epoch
+    else:
+        assert cfg.train_cfg.type == 'IterBasedTrainLoop' and cfg.train_cfg.max_iters == length
+    assert tuple(cfg.crop_size) == (int(name['crop_h']), int(name['crop_w']))
+
+
+@pytest.mark.parametrize('path', NAMED, ids=osp.basename)
+def test_dataset_and_metric_are_the_papers(path):
+    name = parse_name(path)
+    cfg = load(path)
+    dataset, metrics = DATASETS[name['dataset']]
+    for split in ('val', 'test'):
+        loader = cfg[f'{split}_dataloader']
+        assert (dataset_types(loader.dataset) == {dataset}
+                or loader.dataset.type == dataset), (split, loader.dataset)
+        assert evaluator_types(cfg[f'{split}_evaluator']) == metrics
+    # Best checkpoint by the papers' headline number, in the right direction.
+    checkpoint = cfg.default_hooks.checkpoint
+    if name['dataset'] in ZOO_DATASETS:
+        expected = {'IoUMetric': ('mIoU', 'greater'), 'BERMetric': ('BER', 'less'),
+                    AUC: ('Dice', 'greater'), SOD: ('Smeasure', 'greater'),
+                    FG: ('Jaccard', 'greater')}
+        headline = next(expected[m] for m in expected if m in metrics)
+        assert (checkpoint.save_best, checkpoint.rule) == headline
+    if name['dataset'] in ('cvc-colondb', 'etis', 'cvc-300'):
+        # PraNet's protocol: trained on Kvasir-SEG + CVC-ClinicDB, tested on the unseen set.
+        train = cfg.train_dataloader.dataset
+        assert train.type == 'ConcatDataset'
+        assert dataset_types(train) == {'KvasirSEGDataset', 'CVCClinicDBDataset'}
+        assert all(d.data_prefix.img_path == 'img_dir/train' for d in train.datasets)
+    if name['dataset'].startswith('trans10k'):
+        classes = 3 if name['dataset'] == 'trans10k-v1' else 12
+        head = cfg.model.decode_head
+        assert (head.num_classes, head.out_channels, head.mode) == (classes, classes, 'set')
+
+
+@pytest.mark.parametrize('path', [p for p in NAMED if osp.basename(p).startswith('nas')],
+                         ids=osp.basename)
+def test_nas_stage_hook_warms_up_for_a_quarter(path):
+    cfg = load(path)
+    hooks = [h for h in cfg.custom_hooks if h['type'] == 'NASStageHook']
+    assert len(hooks) == 1
+    hook = HOOKS.build(hooks[0])
+    loop = cfg.train_cfg
+    assert hook.by_epoch == (loop.type == 'EpochBasedTrainLoop')
+    length = loop.max_epochs if hook.by_epoch else loop.max_iters
+    assert 0 < hook.warmup < length
+    if parse_name(path)['backbone'].startswith('sam-vit'):
+        assert 4 * hook.warmup == length
+    assert set(cfg.param_scheduler) == {'weights', 'alpha'}
+    assert cfg.model_wrapper_cfg.type == 'mmseg.NASDistributedDataParallel'
+
+
+def test_top_level_isic_config_uses_the_converter_layout():
+    cfg = load(osp.join(CONFIG_ROOT, 'naslora_sam_b_isic.py'))
+    for split, loader in [('train', cfg.train_dataloader), ('val', cfg.val_dataloader),
+                          ('test', cfg.test_dataloader)]:
+        assert loader.dataset.type == 'ISIC2017Dataset'
+        assert loader.dataset.data_prefix == dict(img_path=f'img_dir/{split}',
+                                                  seg_map_path=f'ann_dir/{split}')
+    assert cfg.model.type == 'NASEncoderDecoder'
+    assert cfg.model.backbone.adapter.type == 'NASLoRA'
+
+
+def tiny_model_cfg(cfg: Config):
+    """The config's model with a tiny backbone, no checkpoints and matching head widths."""
+    model = cfg.model
+    backbone, head = model.backbone, model.decode_head
+    size = 64
+    if backbone.type == 'SAMViT':
+        backbone.update(arch=TINY_ARCH, img_size=size, window_size=TINY_WINDOW,
+                        out_channels=32, checkpoint=None)
+        width = 32
+    elif backbone.type == 'SAM2Hiera':
+        backbone.update(arch=SAM2_TINY, out_channels=32, checkpoint=None)
+        width = 32
+    else:  # SAMTinyViT: its real (small) architecture, randomly initialised
+        backbone.update(img_size=size, checkpoint=None)
+        width = 256
+    if head.type in ('SAMMaskDecoderHead', 'SAM2MaskDecoderHead'):
+        head.update(in_channels=width, channels=width, checkpoint=None, **TINY_SAM_DECODER)
+    else:  # stock mmseg heads
+        if model.get('neck'):
+            model.neck.update(in_channels=[width], out_channels=width)
+            head.update(in_channels=[width] * len(head.in_channels), channels=16)
+        else:
+            head.update(in_channels=width, channels=16)
+        if model.get('auxiliary_head'):
+            model.auxiliary_head.update(in_channels=width, channels=16)
+    model.data_preprocessor.size = (size, size)
+    assert TINY_DECODER['channels'] == 32
+    return model, size
+
+
+@pytest.mark.parametrize('path', CONFIGS, ids=lambda p: osp.relpath(p, CONFIG_ROOT))
+def test_tiny_model_builds_and_runs(path):
+    cfg = load(path).copy()
+    model_cfg, size = tiny_model_cfg(cfg)
+    torch.manual_seed(0)
+    model = MODELS.build(model_cfg).eval()
+    if model_cfg.type == 'NASEncoderDecoder':
+        assert isinstance(model, NASEncoderDecoder)
+    trainable = [n for n, p in model.named_parameters()
+                 if p.requires_grad and n.startswith('backbone.')]
+    # The encoder is frozen: in the backbone only the adapters train.
+    assert not [n for n in trainable if 'base_layer' in n or 'patch_embed' in n
+                or 'pos_embed' in n]
+    assert bool(trainable) == bool(model_cfg.backbone.get('adapter'))
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, size, size), mode='tensor')
+    head = model_cfg.decode_head
+    channels = head.get('out_channels') or head.num_classes
+    if head.get('mode') == 'set':  # (class logits over K + no-object, mask logits) per query
+        cls_logits, _ = out
+        assert cls_logits.shape[0] == 1 and cls_logits.shape[-1] == channels + 1
+        out = model.decode_head.semantic_scores(*out)
+    assert out.shape[:2] == (1, channels)
+    assert torch.isfinite(out).all()
