@@ -18,7 +18,9 @@ from mmseg_naslora.models.adapters.nas_lora import NASLoRA
 from mmseg_naslora.models.segmentors.nas_ddp_wrapper import NASDistributedDataParallel
 from mmseg_naslora.models.segmentors.nas_encoder_decoder import NASEncoderDecoder
 
-CONFIGS = sorted(glob.glob(osp.join(REPO_ROOT, 'configs', 'naslora', '*.py'))) + [
+# The zoo's other NAS configs are covered by test_config_zoo.py.
+CONFIGS = sorted(p for p in glob.glob(osp.join(REPO_ROOT, 'configs', 'naslora', '*.py'))
+                 if '_isic2017-' in p or '_kvasir-256x256' in p) + [
     osp.join(REPO_ROOT, 'configs', 'naslora_sam_b_isic.py')]
 CANONICAL = osp.join(REPO_ROOT, 'configs', 'naslora',
                      'naslora_sam-vit-b_1xb4-40e_isic2017-1024x1024.py')

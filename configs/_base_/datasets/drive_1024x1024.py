@@ -1,0 +1,31 @@
+# DRIVE retinal vessels in mmseg's own DRIVEDataset layout
+# (mmseg::_base_/datasets/drive.py), with SAM's pipeline: images resized to fit
+# 1024x1024 (aspect kept) and padded; flips and a small rotation, as SAM2LoRA.
+# Labels 0/1. Metrics: Dice (ForegroundIoUMetric) and pixel AUC.
+_base_ = 'mmseg::_base_/datasets/drive.py'
+crop_size = (1024, 1024)
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations'),
+    dict(type='RandomResize', scale=crop_size, ratio_range=(0.8, 1.25), keep_ratio=True),
+    dict(type='RandomCrop', crop_size=crop_size),
+    dict(type='RandomFlip', prob=[0.25, 0.25], direction=['horizontal', 'vertical']),
+    dict(type='RandomRotate', prob=0.5, degree=8, pad_val=0, seg_pad_val=255),
+    dict(type='PhotoMetricDistortion'),
+    dict(type='PackSegInputs'),
+]
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='Resize', scale=crop_size, keep_ratio=True),
+    dict(type='LoadAnnotations'),
+    dict(type='PackSegInputs'),
+]
+# mmseg's base wraps the training set in a RepeatDataset.
+train_dataloader = dict(num_workers=2, dataset=dict(dataset=dict(pipeline=train_pipeline)))
+val_dataloader = dict(num_workers=2, dataset=dict(pipeline=test_pipeline))
+test_dataloader = val_dataloader
+val_evaluator = [
+    dict(type='ForegroundIoUMetric', iou_metrics=['mIoU', 'mDice']),
+    dict(type='AUCMetric'),
+]
+test_evaluator = val_evaluator

@@ -1,0 +1,48 @@
+# Kvasir-SEG polyps with PraNet's split (train 900 / test 100), as written by
+# tools/dataset_converters/kvasir.py --split-file TestDataset/Kvasir/images.
+# There is no validation split: the papers validate and report on `test`.
+# (_base_/datasets/kvasir_seg.py is the train/val copy in ../shared/data.)
+dataset_type = 'KvasirSEGDataset'
+data_root = 'data/kvasir'
+crop_size = (1024, 1024)
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations'),
+    dict(type='RandomResize', scale=crop_size, ratio_range=(0.75, 1.5), keep_ratio=True),
+    dict(type='RandomCrop', crop_size=crop_size, cat_max_ratio=0.95),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='PhotoMetricDistortion'),
+    dict(type='PackSegInputs'),
+]
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='Resize', scale=crop_size, keep_ratio=True),
+    dict(type='LoadAnnotations'),
+    dict(type='PackSegInputs'),
+]
+train_dataloader = dict(
+    batch_size=4,
+    num_workers=2,
+    persistent_workers=True,
+    sampler=dict(type='DefaultSampler', shuffle=True),
+    dataset=dict(
+        type=dataset_type,
+        data_root=data_root,
+        data_prefix=dict(img_path='img_dir/train', seg_map_path='ann_dir/train'),
+        pipeline=train_pipeline))
+val_dataloader = dict(
+    batch_size=1,
+    num_workers=2,
+    persistent_workers=True,
+    sampler=dict(type='DefaultSampler', shuffle=False),
+    dataset=dict(
+        type=dataset_type,
+        data_root=data_root,
+        data_prefix=dict(img_path='img_dir/test', seg_map_path='ann_dir/test'),
+        pipeline=test_pipeline))
+test_dataloader = val_dataloader
+val_evaluator = [
+    dict(type='SODMetric'),  # Smeasure, wFmeasure, meanEmeasure, MAE (x100)
+    dict(type='ForegroundIoUMetric', iou_metrics=['mIoU', 'mDice']),
+]
+test_evaluator = val_evaluator

@@ -1,0 +1,36 @@
+# Stage-wise NAS-LoRA optimisation (docs/nas_training.md), 12 epochs: the
+# weights train alone for the first T_B = 3 epochs (1/4), then every iteration
+# runs an α step and a weight step (first-order DARTS).
+# For SBU Shadow (Conv-LoRA: 10 epochs).
+# The model must be a NASEncoderDecoder (_base_/models/sam_vit-b_naslora.py).
+optim_wrapper = dict(
+    constructor='NASOptimWrapperConstructor',
+    weights=dict(
+        type='OptimWrapper',
+        optimizer=dict(type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=1e-4),
+        clip_grad=None),
+    # DARTS's architecture optimiser; lr 1e-3 as in the NAS-LoRA paper.
+    alpha=dict(
+        type='OptimWrapper',
+        optimizer=dict(type='Adam', lr=1e-3, betas=(0.5, 0.999), weight_decay=1e-3)))
+param_scheduler = dict(
+    weights=[
+        dict(type='LinearLR', start_factor=1e-3, by_epoch=False, begin=0, end=500),
+        dict(type='PolyLR', eta_min=0.0, power=1.0, by_epoch=True, begin=0, end=12,
+             convert_to_iter_based=True),
+    ],
+    alpha=[])
+train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=12, val_interval=1)
+val_cfg = dict(type='ValLoop')
+test_cfg = dict(type='TestLoop')
+# Method configs set checkpoint.save_best to their dataset's metric.
+default_hooks = dict(
+    timer=dict(type='IterTimerHook'),
+    logger=dict(type='LoggerHook', interval=50, log_metric_by_epoch=True),
+    param_scheduler=dict(type='ParamSchedulerHook'),
+    checkpoint=dict(type='CheckpointHook', by_epoch=True, interval=1, max_keep_ckpts=2,
+                    save_best='auto'),
+    sampler_seed=dict(type='DistSamplerSeedHook'),
+    visualization=dict(type='SegVisualizationHook'))
+custom_hooks = [dict(type='NASStageHook', warmup=3, by_epoch=True, interval=50)]
+model_wrapper_cfg = dict(type='mmseg.NASDistributedDataParallel', find_unused_parameters=True)

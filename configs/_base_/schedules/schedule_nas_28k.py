@@ -1,0 +1,31 @@
+# Iteration-based stage-wise NAS-LoRA schedule for the fundus sets: 28k
+# iterations, the weights alone for the first T_B = 7k (1/4), then α and weight
+# steps alternate; the search stage (21k) matches the 20k of the LoRA baselines.
+optim_wrapper = dict(
+    constructor='NASOptimWrapperConstructor',
+    weights=dict(
+        type='OptimWrapper',
+        optimizer=dict(type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=1e-4),
+        clip_grad=None),
+    alpha=dict(
+        type='OptimWrapper',
+        optimizer=dict(type='Adam', lr=1e-3, betas=(0.5, 0.999), weight_decay=1e-3)))
+param_scheduler = dict(
+    weights=[
+        dict(type='LinearLR', start_factor=1e-3, by_epoch=False, begin=0, end=500),
+        dict(type='PolyLR', eta_min=0.0, power=1.0, by_epoch=False, begin=500, end=28000),
+    ],
+    alpha=[])
+train_cfg = dict(type='IterBasedTrainLoop', max_iters=28000, val_interval=2000)
+val_cfg = dict(type='ValLoop')
+test_cfg = dict(type='TestLoop')
+default_hooks = dict(
+    timer=dict(type='IterTimerHook'),
+    logger=dict(type='LoggerHook', interval=50, log_metric_by_epoch=False),
+    param_scheduler=dict(type='ParamSchedulerHook'),
+    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=2000, max_keep_ckpts=2,
+                    save_best='Dice', rule='greater'),
+    sampler_seed=dict(type='DistSamplerSeedHook'),
+    visualization=dict(type='SegVisualizationHook'))
+custom_hooks = [dict(type='NASStageHook', warmup=7000, by_epoch=False, interval=50)]
+model_wrapper_cfg = dict(type='mmseg.NASDistributedDataParallel', find_unused_parameters=True)

@@ -1,0 +1,12 @@
+# Conv-LoRA (r = 3, 8 experts; loss_moe added) on SAM ViT-B, ETIS-LaribPolypDB
+# (trained on Kvasir + ClinicDB) at 1024x1024: 30 epochs.
+_base_ = [
+    '../_base_/models/sam_vit-b_convlora.py', '../_base_/datasets/etis.py',
+    '../_base_/default_runtime.py', '../_base_/schedules/schedule_30e.py'
+]
+crop_size = (1024, 1024)
+# SAM sees every test image padded to the square it was trained on.
+data_preprocessor = dict(size=crop_size, test_cfg=dict(size=crop_size, size_divisor=None))
+model = dict(data_preprocessor=data_preprocessor, backbone=dict(img_size=crop_size[0]))
+default_hooks = dict(checkpoint=dict(save_best='Smeasure', rule='greater'))
+log_processor = dict(by_epoch=True)

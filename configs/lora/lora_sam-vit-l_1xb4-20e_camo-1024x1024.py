@@ -1,0 +1,6 @@
+# LoRA (r = 3) on SAM ViT-L (24 blocks), CAMO at 1024x1024: 20 epochs.
+_base_ = ['./lora_sam-vit-b_1xb4-20e_camo-1024x1024.py']
+sam_checkpoint = 'checkpoints/sam_vit_l_0b3195.pth'
+model = dict(
+    backbone=dict(arch='l', checkpoint=sam_checkpoint),
+    decode_head=dict(checkpoint=sam_checkpoint))

@@ -1,0 +1,11 @@
+# NAS-LoRA (r = 3, DARTS ops) on SAM ViT-B, STARE vessels at 1024x1024: 28k
+# iterations, weights alone for T_B = 7k iterations.
+_base_ = [
+    '../_base_/models/sam_vit-b_naslora.py', '../_base_/datasets/stare_1024x1024.py',
+    '../_base_/default_runtime.py', '../_base_/schedules/schedule_nas_28k.py'
+]
+crop_size = (1024, 1024)
+# SAM sees every test image padded to the square it was trained on.
+data_preprocessor = dict(size=crop_size, test_cfg=dict(size=crop_size, size_divisor=None))
+model = dict(data_preprocessor=data_preprocessor, backbone=dict(img_size=crop_size[0]))
+default_hooks = dict(checkpoint=dict(save_best='Dice', rule='greater'))
