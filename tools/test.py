@@ -34,8 +34,8 @@ def main() -> None:
         raise SystemExit(f'checkpoint {args.checkpoint!r} does not exist.')
     cfg.load_from = args.checkpoint
     add_reliability_hooks(cfg)
-    if args.show_dir:
-        cfg.default_hooks.visualization.draw = True
+    if args.show_dir:  # every test image, not mmseg's default of one in 50
+        cfg.default_hooks.visualization.update(draw=True, interval=1)
         cfg.visualizer.save_dir = args.show_dir
     if args.tta:
         cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
