@@ -40,7 +40,6 @@ Columns (per method):
 """
 import argparse
 import json
-import math
 import os
 import os.path as osp
 import platform

@@ -13,11 +13,6 @@ import copy
 
 from mmengine.config import Config
 
-# Importing the modules registers the hooks.
-from .hooks.adapter_checkpoint_hook import AdapterCheckpointHook  # noqa: F401
-from .hooks.nonfinite_loss_hook import NonFiniteLossHook  # noqa: F401
-from .hooks.startup_check_hook import StartupCheckHook  # noqa: F401
-
 RELIABILITY_HOOKS = dict(
     startup_check=dict(type='StartupCheckHook', num_samples=8),
     nonfinite_loss=dict(type='NonFiniteLossHook'),

@@ -16,10 +16,6 @@ from mmengine.config import Config
 from mmseg.registry import HOOKS, MODELS
 
 import mmseg_naslora  # noqa: F401  (registers every module the configs name)
-import mmseg_naslora.engine.hooks.nas_stage_hook  # noqa: F401
-import mmseg_naslora.models.backbones.sam2_hiera  # noqa: F401
-import mmseg_naslora.models.backbones.sam_tinyvit  # noqa: F401
-import mmseg_naslora.models.decode_heads.sam2_mask_decoder_head  # noqa: F401
 from mmseg_naslora.models.segmentors.nas_encoder_decoder import NASEncoderDecoder
 
 CONFIG_ROOT = osp.join(REPO_ROOT, 'configs')

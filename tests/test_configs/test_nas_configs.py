@@ -10,10 +10,6 @@ from mmengine.optim import OptimWrapperDict, build_optim_wrapper
 from mmengine.registry import MODEL_WRAPPERS as MMENGINE_MODEL_WRAPPERS
 from mmseg.registry import HOOKS, MODELS
 
-import mmseg_naslora.engine.hooks.nas_stage_hook  # noqa: F401
-import mmseg_naslora.engine.optimizers.nas_optim_wrapper_constructor  # noqa: F401
-import mmseg_naslora.models.backbones.sam_vit  # noqa: F401
-import mmseg_naslora.models.decode_heads.sam_mask_decoder_head  # noqa: F401
 from mmseg_naslora.models.adapters.nas_lora import NASLoRA
 from mmseg_naslora.models.segmentors.nas_ddp_wrapper import NASDistributedDataParallel
 from mmseg_naslora.models.segmentors.nas_encoder_decoder import NASEncoderDecoder

@@ -8,14 +8,6 @@ from mmengine.registry import init_default_scope
 from mmseg.registry import DATASETS
 from PIL import Image
 
-import mmseg_naslora.datasets.binary  # noqa: F401
-import mmseg_naslora.datasets.camouflage  # noqa: F401
-import mmseg_naslora.datasets.isic  # noqa: F401
-import mmseg_naslora.datasets.leaf  # noqa: F401
-import mmseg_naslora.datasets.polyp  # noqa: F401
-import mmseg_naslora.datasets.roads  # noqa: F401
-import mmseg_naslora.datasets.shadow  # noqa: F401
-import mmseg_naslora.datasets.trans10k  # noqa: F401
 
 PIPELINE = [dict(type='LoadImageFromFile'), dict(type='LoadAnnotations')]
 KVASIR = Path(shared_data_root('kvasir_seg'))

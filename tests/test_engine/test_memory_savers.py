@@ -9,9 +9,6 @@ from mmengine.structures import PixelData
 from mmseg.registry import MODELS
 from mmseg.structures import SegDataSample
 
-import mmseg_naslora.engine.optimizers.nas_optim_wrapper_constructor  # noqa: F401
-import mmseg_naslora.models.backbones.sam_vit  # noqa: F401
-import mmseg_naslora.models.decode_heads.sam_mask_decoder_head  # noqa: F401
 from mmseg_naslora.models.adapters.nas_lora import ALPHA_MARKER
 from mmseg_naslora.models.segmentors.nas_encoder_decoder import NASEncoderDecoder
 from mmseg_naslora.utils.cli import enable_amp

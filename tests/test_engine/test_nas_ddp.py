@@ -76,8 +76,6 @@ def _worker(cfg_path: str, work_dir: str, out_dir: str) -> None:
     from mmengine.runner import Runner
     from mmseg.utils import register_all_modules
 
-    import mmseg_naslora.engine.hooks.nas_stage_hook  # noqa: F401
-    import mmseg_naslora.engine.optimizers.nas_optim_wrapper_constructor  # noqa: F401
     from mmseg_naslora.models.segmentors.nas_ddp_wrapper import NASDistributedDataParallel
 
     register_all_modules(init_default_scope=True)

@@ -13,10 +13,6 @@ from mmengine.optim import (DefaultOptimWrapperConstructor, OptimWrapper, OptimW
 from mmengine.runner import Runner
 from mmseg.registry import MODELS
 
-import mmseg_naslora.engine.hooks.nas_stage_hook  # noqa: F401
-import mmseg_naslora.models.backbones.sam_vit  # noqa: F401
-import mmseg_naslora.models.decode_heads.sam_mask_decoder_head  # noqa: F401
-import mmseg_naslora.models.segmentors.nas_encoder_decoder  # noqa: F401
 from mmseg_naslora.engine.optimizers.nas_optim_wrapper_constructor import \
     NASOptimWrapperConstructor
 from mmseg_naslora.models.adapters.nas_lora import ALPHA_MARKER

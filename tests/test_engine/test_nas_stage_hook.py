@@ -11,8 +11,6 @@ from mmengine.hooks import Hook
 from mmengine.logging import MMLogger
 from mmengine.runner import Runner
 
-import mmseg_naslora.engine.optimizers.nas_optim_wrapper_constructor  # noqa: F401
-import mmseg_naslora.models.segmentors.nas_ddp_wrapper  # noqa: F401
 from mmseg_naslora.engine.hooks.nas_stage_hook import (HEATMAP_FILE, TRAJECTORY_FILE,
                                                        NASStageHook, _short_labels)
 from mmseg_naslora.models.adapters.nas_lora import ALPHA_MARKER

@@ -14,14 +14,6 @@ from mmengine.registry import init_default_scope
 from mmseg.registry import DATASETS
 from PIL import Image
 
-import mmseg_naslora.datasets.camouflage  # noqa: F401
-import mmseg_naslora.datasets.isic  # noqa: F401
-import mmseg_naslora.datasets.kvasir  # noqa: F401
-import mmseg_naslora.datasets.leaf  # noqa: F401
-import mmseg_naslora.datasets.polyp  # noqa: F401
-import mmseg_naslora.datasets.roads  # noqa: F401
-import mmseg_naslora.datasets.shadow  # noqa: F401
-import mmseg_naslora.datasets.trans10k  # noqa: F401
 
 CONVERTERS = Path(__file__).resolve().parents[2] / 'tools/dataset_converters'
 PIPELINE = [dict(type='LoadImageFromFile'), dict(type='LoadAnnotations')]

@@ -15,7 +15,6 @@ from mmseg_naslora.models.adapters.lora import LoRA
 from mmseg_naslora.models.adapters.nas_lora import (ALPHA_MARKER,
                                                     ConvBottleneckLoRA, NASLoRA)
 from mmseg_naslora.models.adapters.ops import LINEAR_PRIMITIVES
-from mmseg_naslora.models.backbones.sam_vit import SAMViT  # noqa: F401
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 TINY_ARCH = dict(embed_dims=64, depth=4, num_heads=2, global_attn_indexes=(1, 3))

@@ -12,7 +12,6 @@ from mmseg_naslora.models.adapters.nas_lora import (ALPHA_MARKER,
                                                     NASLoRA, NASPCLoRA,
                                                     channel_shuffle_order)
 from mmseg_naslora.models.adapters.ops import LINEAR_PRIMITIVES, PRIMITIVES
-from mmseg_naslora.models.backbones.sam_vit import SAMViT  # noqa: F401
 
 TINY_ARCH = dict(embed_dims=64, depth=4, num_heads=2, global_attn_indexes=(1, 3))
 
