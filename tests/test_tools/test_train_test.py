@@ -62,7 +62,8 @@ def test_train_test_on_real_kvasir(tmp_path):
     cfg = tiny_config(str(tmp_path / 'cfg.py'), '/nonexistent', val_indices=8)
     work = str(tmp_path / 'work')
     run_tool('tools/train.py', cfg, '--data-root', root, '--work-dir', work)
-    log = run_tool('tools/test.py', cfg, osp.join(work, 'iter_4.pth'), '--data-root', root)
+    log = run_tool('tools/test.py', cfg, osp.join(work, 'iter_4.pth'), '--data-root', root,
+                   '--work-dir', work)
     assert 'Iter(test) [8/8]' in log
     assert 0 <= metric(log, 'Dice') <= 100
 
@@ -81,7 +82,8 @@ def test_multiclass_heads_on_real_camvid(tmp_path, mode, losses):
     work = str(tmp_path / 'work')
     log = run_tool('tools/train.py', cfg, '--data-root', root, '--work-dir', work)
     assert all(f'decode.{name}' in log for name in losses)
-    log = run_tool('tools/test.py', cfg, osp.join(work, 'iter_4.pth'), '--data-root', root)
+    log = run_tool('tools/test.py', cfg, osp.join(work, 'iter_4.pth'), '--data-root', root,
+                   '--work-dir', work)
     assert 'bicyclist' in log  # the per-class table covers all 11 classes
     assert 0 <= metric(log, 'mIoU') <= 100
 
@@ -101,6 +103,6 @@ def test_dist_train_and_test_scripts_with_two_cpu_processes(tmp_path, binary_dat
     log = proc.stdout + proc.stderr
     assert 'Distributed launcher: pytorch' in log and 'Distributed training: True' in log
     # Sharded evaluation over 2 ranks reports what one process reports on the same data.
-    single = run_tool('tools/test.py', cfg, osp.join(work, 'iter_4.pth'))
+    single = run_tool('tools/test.py', cfg, osp.join(work, 'iter_4.pth'), '--work-dir', work)
     for name in ('Dice', 'Jaccard', 'mIoU'):
         assert metric(log, name) == pytest.approx(metric(single, name), abs=0.02)
