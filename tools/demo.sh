@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # The README demo: NAS-LoRA fine-tuning of the pretrained LiteMedSAM on real Kvasir-SEG
-# polyps on the CPU (150 iterations at 128x128), next to the decoder-only baseline trained
-# on the same budget; both are evaluated on the validation split.
-# Usage: tools/demo.sh [DATA_ROOT]
+# polyps on the CPU (150 iterations at 128x128, T_B = 50), next to the decoder-only
+# baseline trained on the same budget; both are evaluated on the validation split.
+# Usage: [ITERS=150] [WORK_DIR=work_dirs/demo] tools/demo.sh [DATA_ROOT]
+# ITERS changes the length of both runs; T_B stays a third of it.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 DATA_ROOT="${1:-$ROOT/../shared/data/kvasir_seg}"
 WORK_DIR="${WORK_DIR:-$ROOT/work_dirs/demo}"
+ITERS="${ITERS:-150}"
 CONFIGS="$ROOT/configs/litemedsam"
-PY="$ROOT/.venv/bin/python"
+PY="${PYTHON:-$ROOT/.venv/bin/python}"
 
 if [[ ! -d "$DATA_ROOT/img_dir/train" || ! -d "$DATA_ROOT/ann_dir/val" ]]; then
     cat >&2 <<MSG
@@ -19,18 +21,27 @@ and run: make demo DATA_ROOT=data/kvasir_seg
 MSG
     exit 1
 fi
+if ! [[ "$ITERS" =~ ^[0-9]+$ ]] || (( ITERS < 3 )); then
+    echo "demo: ITERS must be an integer >= 3 (T_B is a third of it), got '$ITERS'." >&2
+    exit 1
+fi
 
-run() {  # run NAME: train configs/litemedsam/NAME_..., then evaluate its last checkpoint
-    local cfg="$CONFIGS/$1_litemedsam_1xb4-150_kvasir-128x128.py" dir="$WORK_DIR/$1"
-    "$PY" "$ROOT/tools/train.py" "$cfg" --data-root "$DATA_ROOT" --work-dir "$dir"
+run() {  # run NAME SCHEDULER_KEY [OPTIONS...]: train NAME_..., then evaluate its last checkpoint
+    local name="$1" sched="$2" dir="$WORK_DIR/$1"
+    local cfg="$CONFIGS/${name}_litemedsam_1xb4-150_kvasir-128x128.py"
+    shift 2
+    "$PY" "$ROOT/tools/train.py" "$cfg" --data-root "$DATA_ROOT" --work-dir "$dir" \
+        --cfg-options train_cfg.max_iters="$ITERS" train_cfg.val_interval="$ITERS" \
+        default_hooks.checkpoint.interval="$ITERS" "$sched.1.end=$ITERS" "$@"
     "$PY" "$ROOT/tools/test.py" "$cfg" "$(cat "$dir/last_checkpoint")" --data-root "$DATA_ROOT" \
         --work-dir "$dir" --show-dir "$dir/overlays" 2>&1 | tee "$dir/test.log"
 }
 
-run naslora
-run decoder-only
+start=$SECONDS
+run naslora param_scheduler.weights custom_hooks.0.warmup=$((ITERS / 3))
+run decoder-only param_scheduler
 echo
-echo "Kvasir-SEG val (89 images), LiteMedSAM, 150 iterations of batch 4 at 128x128:"
+echo "Kvasir-SEG val, LiteMedSAM, $ITERS iterations of batch 4 at 128x128, $(((SECONDS - start) / 60)) min:"
 for name in naslora decoder-only; do
     line="$(grep -E 'foreground Jaccard' "$WORK_DIR/$name/test.log" | tail -n 1)"
     printf '  %-13s %s\n' "$name" "${line#*foreground }"

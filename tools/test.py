@@ -6,11 +6,13 @@ CHECKPOINT is a training checkpoint (``.pth``) or an adapter-only file
 import argparse
 import os.path as osp
 
+import torch
 from mmengine.runner import Runner
 
 import mmseg_naslora  # noqa: F401  (registers modules and the checkpoint loader fix)
 from mmseg_naslora.engine.reliability_defaults import add_reliability_hooks
 from mmseg_naslora.utils.cli import add_common_args, init_cpu_distributed, load_config
+from mmseg_naslora.utils.cpu_allocator import tune_cpu_allocator
 
 # Metrics that can write their predicted masks with output_dir/keep_results.
 MASK_WRITERS = ('IoUMetric', 'ForegroundIoUMetric')
@@ -29,6 +31,8 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
+    if not torch.cuda.is_available():
+        tune_cpu_allocator()
     cfg = load_config(args)
     if not osp.isfile(args.checkpoint):
         raise SystemExit(f'checkpoint {args.checkpoint!r} does not exist.')

@@ -1,6 +1,7 @@
 """Train a segmentor: ``python tools/train.py CONFIG [--work-dir DIR] [--resume]``."""
 import argparse
 
+import torch
 from mmengine.runner import Runner
 from mmseg.registry import RUNNERS
 
@@ -8,6 +9,7 @@ import mmseg_naslora  # noqa: F401  (registers modules and the checkpoint loader
 from mmseg_naslora.engine.reliability_defaults import add_reliability_hooks
 from mmseg_naslora.utils.cli import (add_common_args, enable_amp, init_cpu_distributed,
                                      load_config)
+from mmseg_naslora.utils.cpu_allocator import tune_cpu_allocator
 
 
 def parse_args() -> argparse.Namespace:
@@ -23,6 +25,8 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
+    if not torch.cuda.is_available():
+        tune_cpu_allocator()
     cfg = load_config(args)
     if args.amp:
         enable_amp(cfg)

