@@ -18,6 +18,10 @@ Examples::
     python tools/benchmark.py --arch vit-b --size 256 --profile nas_lora_s2
     # CI smoke test: a tiny random SAM, 1 warm-up step, 2 timed steps
     python tools/benchmark.py --quick --out /tmp/bench.json
+    # GPU memory of one fp32 training step at any size, computed without a GPU
+    # (fake tensors); --real-tensors runs the same accounting for real on the CPU
+    python tools/benchmark.py --arch vit-h --size 1024 --batch-size 1 --with-cp \
+        --fake-memory --out work_dirs/fakemem/vit-h_1024_cp.json
 
 Columns (per method):
 
@@ -32,11 +36,19 @@ Columns (per method):
 * inference latency (``mode='tensor'`` forward, no grad) before and after
   :func:`~mmseg_naslora.models.adapters.export.export_adapters` (LoRA folded,
   linear NAS cells collapsed, DARTS cells pruned to the top-k ops), with the
-  largest output difference the export causes;
+  largest output difference the export causes, each also as a ratio to the
+  frozen model timed in turns with it in the same process;
 * FLOPs of one training step (``torch.utils.flop_counter.FlopCounterMode``:
   matmuls, convolutions and attention; element-wise ops are not counted) and
   the achieved FLOP/s next to a timed large matmul on the same device;
 * every number's ratio to LoRA and to full fine-tuning from the same run.
+
+``--fake-memory`` replaces all of that by an exact computation of the peak
+tensor memory of one fp32 training step (see :func:`memory_step`): params,
+buffers, gradients, optimiser state, activations and backward/optimiser
+temporaries, in the 512-byte blocks of the CUDA caching allocator. SAM's
+attention is the explicit ``softmax(q·kᵀ)`` of ``segment_anything`` (no
+``scaled_dot_product_attention``), so the path is the one a GPU takes.
 """
 import argparse
 import json
@@ -50,6 +62,7 @@ import sys
 import tempfile
 import time
 from collections import OrderedDict
+from functools import partial
 from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
@@ -142,6 +155,14 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument('--markdown', help='also write the markdown table here')
     parser.add_argument('--profile', metavar='METHOD', choices=list(METHODS),
                         help='profile one training step of METHOD instead (torch.profiler)')
+    parser.add_argument('--fake-memory', action='store_true',
+                        help='instead of timing: peak tensor memory of one training step '
+                        'of each method under torch FakeTensorMode (no memory or compute '
+                        'used, so any size fits), split into params/grads/optimizer/'
+                        'activations, in 512-byte CUDA blocks; fp32 only')
+    parser.add_argument('--real-tensors', action='store_true',
+                        help='with --fake-memory: the same accounting on real CPU tensors '
+                        '(runs the step for real), to cross-check the fake numbers')
     parser.add_argument('--worker', metavar='METHOD', help=argparse.SUPPRESS)
     parser.add_argument('--worker-out', help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -153,6 +174,15 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         args.infer_steps = args.steps
     if args.steps < 1 or args.warmup < 0:
         parser.error('--steps must be >= 1 and --warmup >= 0.')
+    if args.real_tensors and not args.fake_memory:
+        parser.error('--real-tensors only applies to --fake-memory.')
+    if args.fake_memory and (args.amp or args.device != 'cpu' or args.profile):
+        # Fake CUDA tensors cannot run a backward without a GPU (the autograd
+        # engine needs a CUDA context), and CPU autocast keeps softmax and
+        # layer_norm in bf16 where CUDA autocast runs them in fp32: a fake bf16
+        # run on this path would not be the GPU's.
+        parser.error('--fake-memory computes fp32 on fake CPU tensors: it does not combine '
+                     'with --amp, --device cuda (measure there without it) or --profile.')
     if args.device == 'cuda' and not torch.cuda.is_available():
         parser.error('--device cuda: torch sees no CUDA device here; use --device cpu.')
     return args
@@ -219,8 +249,18 @@ def model_config(args: argparse.Namespace, method: str) -> dict:
         _backbone_name=arch)
 
 
-def build(args: argparse.Namespace, method: str):
-    """``(model, optim_wrapper, batch, backbone name)`` on ``args.device``."""
+def build(args: argparse.Namespace, method: str, gpu_like: bool = False):
+    """``(model, optim_wrapper, batch, backbone name)`` on ``args.device``.
+
+    Args:
+        args (argparse.Namespace): The parsed command line.
+        method (str): A key of :data:`METHODS`.
+        gpu_like (bool): For :func:`memory_step`: build on the current
+            default device (fake tensors cannot be moved by ``.to``) and give
+            AdamW/Adam ``foreach=True``, their default for CUDA parameters
+            (the CPU default is the per-tensor loop, with fewer temporaries).
+            Defaults to False.
+    """
     from mmengine.optim import OptimWrapper, build_optim_wrapper
     from mmseg.registry import MODELS
     from mmseg.utils import register_all_modules
@@ -230,7 +270,9 @@ def build(args: argparse.Namespace, method: str):
     torch.manual_seed(0)
     cfg = model_config(args, method)
     name = cfg.pop('_backbone_name')
-    model = MODELS.build(cfg).to(args.device)
+    model = MODELS.build(cfg)
+    if not gpu_like:
+        model = model.to(args.device)
     with torch.no_grad():  # B = 0 would make every adapter (and its export) a no-op
         for pname, param in model.named_parameters():
             if 'lora_B' in pname:
@@ -241,6 +283,9 @@ def build(args: argparse.Namespace, method: str):
                      optimizer=dict(type='AdamW', lr=1e-4, weight_decay=1e-4)),
         alpha=dict(type='OptimWrapper',
                    optimizer=dict(type='Adam', lr=1e-3, betas=(0.5, 0.999), weight_decay=1e-3)))
+    if gpu_like:
+        for sub in ('weights', 'alpha'):
+            optim[sub]['optimizer']['foreach'] = True
     if args.amp and args.device == 'cuda':
         optim.update(type='AmpOptimWrapper', dtype='bfloat16', loss_scale='dynamic')
     elif args.amp:
@@ -380,28 +425,48 @@ def measure(args: argparse.Namespace, method: str) -> dict:
 
     model.eval()
     inputs = model.data_preprocessor(batch, False)['inputs']
-    amp = torch.autocast(args.device, dtype=torch.bfloat16) if args.amp else None
-
-    def infer():
-        with torch.no_grad():
-            if amp is None:
-                return model(inputs, mode='tensor')
-            with torch.autocast(args.device, dtype=torch.bfloat16):
-                return model(inputs, mode='tensor')
-
-    reference = infer()
-    row['infer_ms'] = 1e3 * statistics.median(
-        time_calls(infer, args.device, args.warmup, args.infer_steps))
+    infer = partial(_infer, model, inputs, args.device if args.amp else None)
+    # Timed in turns with the frozen model in this process: separate processes
+    # differ by up to 2x in allocator and cache state, which drowns a few %.
+    reference = None
+    if method != 'frozen' and not spec.get('sam2'):
+        reference = partial(_infer, build(args, 'frozen')[0].eval(), inputs,
+                            args.device if args.amp else None)
+    output = infer()
+    row['infer_ms'], row['infer_vs_frozen'] = _infer_times(infer, reference, args)
+    if method == 'frozen':
+        row['infer_vs_frozen'] = 1.0
     mode = spec.get('export')
     row['export_mode'] = None if mode is None else (f'topk{args.topk}' if mode == 'topk'
                                                     else mode)
-    row['infer_export_ms'] = row['export_max_abs_diff'] = None
+    row['infer_export_ms'] = row['export_max_abs_diff'] = row['export_vs_frozen'] = None
     if mode is not None:
         export_adapters(model, mode, topk=args.topk if mode == 'topk' else None)
-        row['export_max_abs_diff'] = (infer() - reference).abs().max().item()
-        row['infer_export_ms'] = 1e3 * statistics.median(
-            time_calls(infer, args.device, args.warmup, args.infer_steps))
+        row['export_max_abs_diff'] = (infer() - output).abs().max().item()
+        row['infer_export_ms'], row['export_vs_frozen'] = _infer_times(infer, reference, args)
     return row
+
+
+def _infer(model: torch.nn.Module, inputs: torch.Tensor, autocast: Optional[str]):
+    with torch.no_grad(), torch.autocast(autocast or 'cpu', torch.bfloat16,
+                                         enabled=autocast is not None):
+        return model(inputs, mode='tensor')
+
+
+def _infer_times(infer: Callable, reference: Optional[Callable],
+                 args: argparse.Namespace) -> Tuple[float, Optional[float]]:
+    """Median ms of ``infer`` and its ratio to ``reference``, timed in turns."""
+    if reference is None:
+        return 1e3 * statistics.median(
+            time_calls(infer, args.device, args.warmup, args.infer_steps)), None
+    times, ref_times = [], []
+    for _ in range(args.warmup):
+        infer(), reference()
+    for _ in range(args.infer_steps):
+        times += time_calls(infer, args.device, 0, 1)
+        ref_times += time_calls(reference, args.device, 0, 1)
+    median = statistics.median(times)
+    return 1e3 * median, median / statistics.median(ref_times)
 
 
 def run_worker(args: argparse.Namespace, argv: List[str]) -> dict:
@@ -501,10 +566,14 @@ def markdown(result: dict) -> str:
         f"{', activation checkpointing' if meta['with_cp'] else ''}; median of "
         f"{meta['steps']} steps after {meta['warmup']} warm-up; {meta['weights']}. "
         f"Matmul peak: {meta['matmul_peak_gflops']:.0f} GFLOP/s ({meta['peak_dtype']}). "
-        'Ratios are ×LoRA / ×full fine-tune.',
+        'Ratios are ×LoRA / ×full fine-tune; inference is also timed in turns with the '
+        'frozen model in the same process (× frozen)'
+        + ('; glibc malloc thresholds fixed (tune_cpu_allocator).' if meta.get('malloc_tuned')
+           else '.'),
         '',
         '| method | backbone | trainable params | ratio | train step ms | ratio | '
-        'peak train MB | ratio | infer ms | exported ms (mode, max diff) | GFLOP/step | '
+        'peak train MB | ratio | infer ms (× frozen) | exported ms (× frozen; mode, max diff) | '
+        'GFLOP/step | '
         'GFLOP/s (% peak) |',
         '|---|---|---|---|---|---|---|---|---|---|---|---|',
     ]
@@ -515,16 +584,164 @@ def markdown(result: dict) -> str:
         params = f"{row['trainable_params']:,}" + (
             f" (α {row['alpha_params']})" if row['alpha_params'] else '')
         export = '—' if row['export_mode'] is None else (
-            f"{row['infer_export_ms']:.1f} ({row['export_mode']}, "
-            f"{row['export_max_abs_diff']:.1e})")
+            f"{row['infer_export_ms']:.1f} ({_fmt(row['export_vs_frozen'], '.2f')}; "
+            f"{row['export_mode']}, {row['export_max_abs_diff']:.1e})")
         lines.append(
             f"| {row['label']} | {row['backbone']} | {params} | "
             f"{_ratio(row, 'trainable_params')} | {row['train_step_ms']:.1f} | "
             f"{_ratio(row, 'train_step_ms')} | {row['peak_train_mem_mb']:.0f} | "
-            f"{_ratio(row, 'peak_train_mem_mb')} | {row['infer_ms']:.1f} | {export} | "
+            f"{_ratio(row, 'peak_train_mem_mb')} | {row['infer_ms']:.1f} "
+            f"({_fmt(row['infer_vs_frozen'], '.2f')}) | {export} | "
             f"{row['flops_per_step'] / 1e9:.2f} | {row['achieved_flops'] / 1e9:.1f} "
             f"({100 * row['achieved_flops'] / meta['matmul_peak_flops']:.0f}%) |")
     return '\n'.join(lines) + '\n'
+
+
+# Fake-tensor memory -------------------------------------------------------------
+FAKE_MEMORY_METHOD = (
+    'One steady-state training step (the second: the first creates the optimiser state) '
+    'runs under torch FakeTensorMode, where every op computes only the shapes of its '
+    'outputs, so no memory is used and nothing is computed. A TorchDispatchMode counts '
+    'each new output storage (views and in-place ops add none) until Python frees it, '
+    'rounded up to the 512-byte blocks of the CUDA caching allocator, and reports the peak '
+    'of the sum: what torch.cuda.max_memory_allocated would show, less op-internal '
+    'buffers (cuBLAS/cuDNN workspaces, the nonzero index of a boolean mask), and before '
+    'allocator fragmentation (max_memory_reserved) and the CUDA context.')
+
+
+def _batch_tensors(batch: dict) -> List[torch.Tensor]:
+    """The images and ground-truth maps of a :func:`make_batch` batch."""
+    tensors = list(batch['inputs'])
+    for sample in batch['data_samples']:
+        tensors += [v for v in sample.gt_sem_seg.values() if isinstance(v, torch.Tensor)]
+    return tensors
+
+
+def memory_step(args: argparse.Namespace, method: str, fake: bool = True) -> dict:
+    """Peak tensor memory of one training step of ``method`` and its split.
+
+    Args:
+        args (argparse.Namespace): The parsed command line (``--arch``,
+            ``--size``, ``--batch-size``, ``--with-cp``).
+        method (str): A key of :data:`METHODS`.
+        fake (bool): Fake tensors (no memory, no compute: any size fits) or
+            real CPU tensors (to cross-check them). Defaults to True.
+
+    Returns:
+        dict: The row: trainable parameters and tensors, ``peak_mib``, the
+        phase it falls in, ``at_peak_mib`` (the split at the peak),
+        ``max_mib`` (each kind's own maximum in the step) and ``start_mib``
+        (what is live when the step starts).
+    """
+    import contextlib
+    import gc
+
+    from mmengine.logging import MessageHub
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from mmseg_naslora.models.adapters.nas_lora import ALPHA_MARKER
+    from mmseg_naslora.utils.memory_tracker import AllValidMode, StorageTracker
+
+    start = time.perf_counter()
+    valid = AllValidMode()
+    with contextlib.ExitStack() as stack:
+        if fake:
+            # allow_non_fake_inputs: constants made at import time are real tensors.
+            stack.enter_context(FakeTensorMode(allow_non_fake_inputs=True))
+            stack.enter_context(valid)
+        model, wrapper, batch, backbone = build(args, method, gpu_like=True)
+        optimizers = [wrapper.optimizer] if not hasattr(wrapper, 'items') else [
+            sub.optimizer for _, sub in wrapper.items()]
+        trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        hub = MessageHub.get_current_instance()
+        model.train()
+        hub.update_info('iter', 0)  # α steps every iteration (alpha_interval=1)
+        model.train_step(batch, wrapper)  # creates the optimiser state
+        gc.collect()
+        hub.update_info('iter', 1)
+        valid.nonzero_calls = 0
+        with StorageTracker().start(model, optimizers, _batch_tensors(batch)) as tracker:
+            start_split = OrderedDict(tracker.current)
+            model.train_step(batch, wrapper)
+    spec = METHODS[method]
+    return OrderedDict(
+        method=method, label=spec['label'], backbone=backbone,
+        trainable_params=sum(p.numel() for _, p in trainable),
+        trainable_tensors=len(trainable),
+        alpha_params=sum(p.numel() for n, p in trainable if n.endswith(ALPHA_MARKER)),
+        peak_mib=tracker.peak / 2**20, peak_phase=tracker.peak_phase,
+        at_peak_mib=_mib(tracker.at_peak), max_mib=_mib(tracker.most),
+        start_mib=_mib(start_split),
+        # nonzero answered "all selected": the row is an upper bound
+        upper_bound=valid.nonzero_calls > 0,
+        wall_s=round(time.perf_counter() - start, 2))
+
+
+def _mib(split: Dict[str, int]) -> 'OrderedDict[str, float]':
+    return OrderedDict((k, v / 2**20) for k, v in split.items())
+
+
+def memory_markdown(result: dict) -> str:
+    """The ``--fake-memory`` table: peak and its split per method."""
+    meta = result['meta']
+    by_name = {r['method']: r for r in result['rows'] if 'error' not in r}
+    bounded = any(r['upper_bound'] for r in by_name.values())
+    lines = [
+        f"**{meta['arch']}**, {meta['size']}², batch {meta['batch_size']}, fp32"
+        f"{', activation checkpointing' if meta['with_cp'] else ''}: peak tensor memory of one "
+        f"steady-state training step, MiB in 512-byte CUDA blocks "
+        f"({'fake' if meta['fake'] else 'real CPU'} tensors; AdamW foreach), split at the "
+        'peak; activations include the batch; temporaries are backward and optimiser '
+        'outputs (with checkpointing: the recomputed activations).'
+        + (' * upper bound: data-dependent routing (`nonzero`, Conv-LoRA\'s experts) taken '
+           'as every expert on every sample.' if bounded else ''),
+        '',
+        '| method | trainable params | peak MiB | × LoRA | × full | params + buffers | '
+        'grads | optimizer state | activations | temporaries | peak in |',
+        '|---|---|---|---|---|---|---|---|---|---|---|',
+    ]
+    peaks = [r['peak_mib'] for r in by_name.values()]
+    spec = ',.0f' if peaks and max(peaks) >= 100 else '.2f'  # tiny test models: 2 decimals
+    for row in result['rows']:
+        if 'error' in row:
+            lines.append(f"| {row['label']} | error: {row['error'][:120]} |" + ' |' * 9)
+            continue
+        split = row['at_peak_mib']
+        params = f"{row['trainable_params']:,}" + (
+            f" (α {row['alpha_params']})" if row['alpha_params'] else '')
+        ratios = [row['peak_mib'] / by_name[ref]['peak_mib'] if ref in by_name else None
+                  for ref in ('lora', 'full')]
+        lines.append(
+            f"| {row['label']} | {params} | {row['peak_mib']:{spec}}"
+            f"{' *' if row['upper_bound'] else ''} | {_fmt(ratios[0], '.2f')} | "
+            f"{_fmt(ratios[1], '.2f')} | {split['params'] + split['buffers']:{spec}} | "
+            f"{split['grads']:{spec}} | {split['optimizer']:{spec}} | "
+            f"{split['activations'] + split['inputs']:{spec}} | {split['temporaries']:{spec}} | "
+            f"{row['peak_phase']} |")
+    return '\n'.join(lines) + '\n'
+
+
+def run_memory(args: argparse.Namespace, methods: List[str]) -> dict:
+    """``--fake-memory``: :func:`memory_step` of every method, in this process."""
+    from mmseg_naslora.utils import memory_tracker
+
+    rows = []
+    for method in methods:
+        try:
+            rows.append(memory_step(args, method, fake=not args.real_tensors))
+        except Exception as exc:  # report it in its row and go on
+            rows.append(OrderedDict(method=method, label=METHODS[method]['label'],
+                                    error=f'{type(exc).__name__}: {exc}'[-2000:]))
+        print(f"{method}: {rows[-1].get('wall_s', 0):.0f} s"
+              + (f" (error: {rows[-1]['error']})" if 'error' in rows[-1] else ''),
+              file=sys.stderr, flush=True)
+    meta = OrderedDict(
+        arch=args.arch, size=args.size, batch_size=args.batch_size, with_cp=args.with_cp,
+        fake=not args.real_tensors, dtype='float32', block_bytes=memory_tracker.CUDA_BLOCK_BYTES,
+        optimizer='AdamW (weights) / Adam (α), foreach=True as on CUDA',
+        torch=torch.__version__, method=FAKE_MEMORY_METHOD, weights=RANDOM_WEIGHTS_NOTE,
+        max_rss_mib=_max_rss_bytes() / 2**20)
+    return dict(meta=meta, rows=rows)
 
 
 # Profile ----------------------------------------------------------------------
@@ -677,11 +894,18 @@ def main(argv: Optional[List[str]] = None) -> None:
     if 'sam2lora' in methods and not sam2_available():
         print('sam2 is not importable: the sam2lora row is skipped (see docs/sam2lora.md).')
         methods.remove('sam2lora')
-    if args.device == 'cpu':  # import once here; the forked workers inherit it
+    if args.fake_memory:
+        result = run_memory(args, methods)
+        _write_result(result, memory_markdown(result), args)
+        return
+    malloc_tuned = False
+    if args.device == 'cpu':  # import and tune once here; the forked workers inherit it
         from mmseg.utils import register_all_modules
 
         import mmseg_naslora  # noqa: F401
+        from mmseg_naslora.utils.cpu_allocator import tune_cpu_allocator
         register_all_modules(init_default_scope=True)
+        malloc_tuned = tune_cpu_allocator()
     rows = []
     for method in methods:
         args.worker = method
@@ -699,11 +923,15 @@ def main(argv: Optional[List[str]] = None) -> None:
         arch=args.arch, size=args.size, batch_size=args.batch_size, device=args.device,
         device_name=device_name(args.device), amp=args.amp, with_cp=args.with_cp,
         steps=args.steps, warmup=args.warmup, infer_steps=args.infer_steps,
-        torch=torch.__version__, weights=RANDOM_WEIGHTS_NOTE,
+        malloc_tuned=malloc_tuned, torch=torch.__version__, weights=RANDOM_WEIGHTS_NOTE,
         peak_dtype=str(peak_dtype).replace('torch.', ''), matmul_peak_flops=peak,
         matmul_peak_gflops=peak / 1e9)
     result = dict(meta=meta, rows=rows)
-    table = markdown(result)
+    _write_result(result, markdown(result), args)
+
+
+def _write_result(result: dict, table: str, args: argparse.Namespace) -> None:
+    """Print ``table``; write ``result`` to ``--out`` and ``table`` to ``--markdown``."""
     print(table)
     if args.out:
         os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)

@@ -3,7 +3,7 @@
 # polyps on the CPU (150 iterations at 128x128, T_B = 50), next to the decoder-only
 # baseline trained on the same budget; both are evaluated on the validation split.
 # Usage: [ITERS=150] [WORK_DIR=work_dirs/demo] tools/demo.sh [DATA_ROOT]
-# ITERS changes the length of both runs; T_B stays a third of it.
+# ITERS changes the length of both runs; T_B stays a third of it, the lr warm-up a 15th.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 DATA_ROOT="${1:-$ROOT/../shared/data/kvasir_seg}"
@@ -26,13 +26,18 @@ if ! [[ "$ITERS" =~ ^[0-9]+$ ]] || (( ITERS < 3 )); then
     exit 1
 fi
 
+# The configs' 10 warm-up iterations of 150, also the logging interval.
+WARMUP=$(( ITERS / 15 > 0 ? ITERS / 15 : 1 ))
+
 run() {  # run NAME SCHEDULER_KEY [OPTIONS...]: train NAME_..., then evaluate its last checkpoint
     local name="$1" sched="$2" dir="$WORK_DIR/$1"
     local cfg="$CONFIGS/${name}_litemedsam_1xb4-150_kvasir-128x128.py"
     shift 2
     "$PY" "$ROOT/tools/train.py" "$cfg" --data-root "$DATA_ROOT" --work-dir "$dir" \
         --cfg-options train_cfg.max_iters="$ITERS" train_cfg.val_interval="$ITERS" \
-        default_hooks.checkpoint.interval="$ITERS" "$sched.1.end=$ITERS" "$@"
+        default_hooks.checkpoint.interval="$ITERS" default_hooks.logger.interval="$WARMUP" \
+        "$sched.0.end=$WARMUP" "$sched.1.begin=$WARMUP" \
+        "$sched.1.end=$ITERS" "$@"
     "$PY" "$ROOT/tools/test.py" "$cfg" "$(cat "$dir/last_checkpoint")" --data-root "$DATA_ROOT" \
         --work-dir "$dir" --show-dir "$dir/overlays" 2>&1 | tee "$dir/test.log"
 }

@@ -1,6 +1,6 @@
 # LiteMedSAM + LoRA (r=3) on Kvasir-SEG at LiteMedSAM's native 256x256: 2k iterations.
-# About 5 s per iteration on 2 CPU cores (docs/litemedsam.md); meant for a GPU or a long
-# CPU run. The 128x128 configs next to this one are the 15-minute CPU variants.
+# About 8.5 s per iteration on 2 CPU cores (docs/litemedsam.md), so meant for a GPU or a
+# long CPU run; the 128x128 configs next to this one are the CPU variants of `make demo`.
 _base_ = [
     '../_base_/models/litemedsam_lora.py', '../_base_/datasets/kvasir_seg_256x256.py',
     '../_base_/default_runtime.py', '../_base_/schedules/schedule_2k.py'

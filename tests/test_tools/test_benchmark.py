@@ -13,8 +13,8 @@ import benchmark  # noqa: E402
 
 COLUMNS = ('trainable_params', 'alpha_params', 'model_mb', 'train_step_ms', 'train_step_ms_all',
            'peak_train_mem_mb', 'flops_per_step', 'achieved_flops', 'infer_ms',
-           'export_mode', 'infer_export_ms', 'export_max_abs_diff', 'ratio_to_lora',
-           'ratio_to_full')
+           'export_mode', 'infer_export_ms', 'export_max_abs_diff', 'infer_vs_frozen',
+           'export_vs_frozen', 'ratio_to_lora', 'ratio_to_full')
 
 
 def run_tool(*args, timeout=300):
@@ -77,6 +77,16 @@ def test_quick_run_values_are_consistent(quick):
     assert rows['nas_lora_s2']['export_max_abs_diff'] > 0
     for name in ('frozen', 'full', 'conv_lora'):
         assert rows[name]['export_mode'] is None and rows[name]['infer_export_ms'] is None
+        assert rows[name]['export_vs_frozen'] is None
+    # Inference is also timed in turns with the frozen model of the same arch.
+    assert rows['frozen']['infer_vs_frozen'] == 1.0
+    for name, row in rows.items():
+        if name == 'sam2lora':  # another backbone: no frozen SAM reference
+            assert row['infer_vs_frozen'] is None and row['export_vs_frozen'] is None
+        elif name != 'frozen':
+            assert row['infer_vs_frozen'] > 0
+            assert (row['export_vs_frozen'] is None) == (row['export_mode'] is None)
+    assert quick[0]['meta']['malloc_tuned'] in (True, False)
 
 
 def test_profile_attributes_the_nas_cell(tmp_path):
