@@ -91,9 +91,13 @@ def test_multiclass_heads_on_real_camvid(tmp_path, mode, losses):
 @pytest.mark.slow
 def test_dist_train_and_test_scripts_with_two_cpu_processes(tmp_path, binary_dataset):
     import os
+    import socket
     cfg = tiny_config(str(tmp_path / 'cfg.py'), binary_dataset, max_iters=4)
     work = str(tmp_path / 'work')
-    env = dict(os.environ, OMP_NUM_THREADS='1', PORT='29617', PYTHON=sys.executable)
+    with socket.socket() as sock:  # a free port: a fixed one can still be taken or in TIME_WAIT
+        sock.bind(('127.0.0.1', 0))
+        port = sock.getsockname()[1]
+    env = dict(os.environ, OMP_NUM_THREADS='1', PORT=str(port), PYTHON=sys.executable)
     for cmd in (['bash', 'tools/dist_train.sh', cfg, '2', '--work-dir', work],
                 ['bash', 'tools/dist_test.sh', cfg, osp.join(work, 'iter_4.pth'), '2',
                  '--work-dir', work]):
