@@ -28,7 +28,9 @@ Columns (per method):
 * trainable parameters (α counted separately as well);
 * training step time: forward + backward + optimiser step(s), the median of
   ``--steps`` steps after ``--warmup`` (``torch.cuda.synchronize`` on CUDA).
-  NAS-LoRA stage 1 is one weight step, stage 2 an α step plus a weight step;
+  NAS-LoRA stage 1 is one weight step; stage 2 is one forward/backward and
+  both optimiser steps (``search_step='joint'``), or an α step plus a weight
+  step (``'alternate'``, the ``*_alt`` rows);
 * peak training memory above the process baseline after the model, optimiser
   and batch exist: peak RSS (``resource.getrusage``) on the CPU,
   ``torch.cuda.max_memory_allocated`` on CUDA. It covers activations,
@@ -101,8 +103,10 @@ METHODS = OrderedDict([
     ('conv_lora', dict(label='Conv-LoRA r=3', adapter=dict(type='ConvLoRA', rank=3, alpha=32))),
     ('nas_lora_s1', dict(label='NAS-LoRA r=3, stage 1 (weights)', adapter=_NAS,
                          stage='warmup', export='topk')),
-    ('nas_lora_s2', dict(label='NAS-LoRA r=3, stage 2 (α + weights)', adapter=_NAS,
+    ('nas_lora_s2', dict(label='NAS-LoRA r=3, stage 2 (α + weights, joint step)', adapter=_NAS,
                          stage='search', export='topk')),
+    ('nas_lora_s2_alt', dict(label='NAS-LoRA r=3, stage 2 (alternating step)', adapter=_NAS,
+                             stage='search', search_step='alternate', export='topk')),
     ('nas_lora_linear_s2', dict(label='NAS-LoRA linear ops, stage 2',
                                 adapter=dict(_NAS, op_variant='linear',
                                              primitives=_LINEAR_PRIMITIVES),
@@ -242,6 +246,7 @@ def model_config(args: argparse.Namespace, method: str) -> dict:
     return dict(
         type='NASEncoderDecoder',
         nas_stage=spec.get('stage', 'search'),
+        search_step=spec.get('search_step', 'joint'),
         data_preprocessor=dict(type='SegDataPreProcessor', mean=[123.675, 116.28, 103.53],
                                std=[58.395, 57.12, 57.375], bgr_to_rgb=True, pad_val=0,
                                seg_pad_val=255, size=(args.size, args.size)),
@@ -282,7 +287,7 @@ def build(args: argparse.Namespace, method: str, gpu_like: bool = False):
         weights=dict(type='OptimWrapper',
                      optimizer=dict(type='AdamW', lr=1e-4, weight_decay=1e-4)),
         alpha=dict(type='OptimWrapper',
-                   optimizer=dict(type='Adam', lr=1e-3, betas=(0.5, 0.999), weight_decay=1e-3)))
+                   optimizer=dict(type='Adam', lr=1e-3, betas=(0.5, 0.999), weight_decay=0.)))
     if gpu_like:
         for sub in ('weights', 'alpha'):
             optim[sub]['optimizer']['foreach'] = True
@@ -378,11 +383,10 @@ def matmul_peak(device: str, dtype: torch.dtype, repeat: int = 5) -> float:
 
 def measure(args: argparse.Namespace, method: str) -> dict:
     """All columns of one method, in this process."""
-    from mmengine.logging import MessageHub
     from torch.utils.flop_counter import FlopCounterMode
 
+    from mmseg_naslora.models.adapters.arch import is_arch_name
     from mmseg_naslora.models.adapters.export import export_adapters
-    from mmseg_naslora.models.adapters.nas_lora import ALPHA_MARKER
 
     model, wrapper, batch, backbone = build(args, method)
     spec = METHODS[method]
@@ -390,15 +394,11 @@ def measure(args: argparse.Namespace, method: str) -> dict:
     row = OrderedDict(
         method=method, label=spec['label'], backbone=backbone,
         trainable_params=sum(p.numel() for _, p in trainable),
-        alpha_params=sum(p.numel() for n, p in trainable if n.endswith(ALPHA_MARKER)),
+        alpha_params=sum(p.numel() for n, p in trainable if is_arch_name(n)),
         model_mb=sum(t.numel() * t.element_size()
                      for t in list(model.parameters()) + list(model.buffers())) / 2**20)
-    hub = MessageHub.get_current_instance()
-    counter = iter(range(10**9))
-
     def train_step():
-        hub.update_info('iter', next(counter))  # α steps every iteration (alpha_interval=1)
-        return model.train_step(batch, wrapper)
+        return model.train_step(batch, wrapper)  # the plan: α steps in every stage-2 step
 
     model.train()
     if args.device == 'cuda':
@@ -636,10 +636,9 @@ def memory_step(args: argparse.Namespace, method: str, fake: bool = True) -> dic
     import contextlib
     import gc
 
-    from mmengine.logging import MessageHub
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    from mmseg_naslora.models.adapters.nas_lora import ALPHA_MARKER
+    from mmseg_naslora.models.adapters.arch import is_arch_name
     from mmseg_naslora.utils.memory_tracker import AllValidMode, StorageTracker
 
     start = time.perf_counter()
@@ -653,12 +652,9 @@ def memory_step(args: argparse.Namespace, method: str, fake: bool = True) -> dic
         optimizers = [wrapper.optimizer] if not hasattr(wrapper, 'items') else [
             sub.optimizer for _, sub in wrapper.items()]
         trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-        hub = MessageHub.get_current_instance()
         model.train()
-        hub.update_info('iter', 0)  # α steps every iteration (alpha_interval=1)
         model.train_step(batch, wrapper)  # creates the optimiser state
         gc.collect()
-        hub.update_info('iter', 1)
         valid.nonzero_calls = 0
         with StorageTracker().start(model, optimizers, _batch_tensors(batch)) as tracker:
             start_split = OrderedDict(tracker.current)
@@ -668,7 +664,7 @@ def memory_step(args: argparse.Namespace, method: str, fake: bool = True) -> dic
         method=method, label=spec['label'], backbone=backbone,
         trainable_params=sum(p.numel() for _, p in trainable),
         trainable_tensors=len(trainable),
-        alpha_params=sum(p.numel() for n, p in trainable if n.endswith(ALPHA_MARKER)),
+        alpha_params=sum(p.numel() for n, p in trainable if is_arch_name(n)),
         peak_mib=tracker.peak / 2**20, peak_phase=tracker.peak_phase,
         at_peak_mib=_mib(tracker.at_peak), max_mib=_mib(tracker.most),
         start_mib=_mib(start_split),
@@ -758,7 +754,6 @@ def profile(args: argparse.Namespace) -> dict:
     steps are labelled too. Everything else (patch embedding, norms, neck,
     loss, data preprocessing) is ``other``.
     """
-    from mmengine.logging import MessageHub
     from torch.autograd.profiler import record_function
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
@@ -810,11 +805,8 @@ def profile(args: argparse.Namespace) -> dict:
                 return _f(*a, **k)
 
         sub.optimizer.step = stepped
-    hub = MessageHub.get_current_instance()
-    for it in range(args.warmup):
-        hub.update_info('iter', it)
+    for _ in range(args.warmup):
         model.train_step(batch, wrapper)
-    hub.update_info('iter', args.warmup)
     with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
         start = time.perf_counter()
         model.train_step(batch, wrapper)

@@ -3,7 +3,8 @@
 # polyps on the CPU (150 iterations at 128x128, T_B = 50), next to the decoder-only
 # baseline trained on the same budget; both are evaluated on the validation split.
 # Usage: [ITERS=150] [WORK_DIR=work_dirs/demo] tools/demo.sh [DATA_ROOT]
-# ITERS changes the length of both runs; T_B stays a third of it, the lr warm-up a 15th.
+# ITERS changes the length of both runs; T_B stays a third of it, the lr warm-up a 15th,
+# and the α lr follows the rule of docs/nas_training.md (3 / search steps).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 DATA_ROOT="${1:-$ROOT/../shared/data/kvasir_seg}"
@@ -28,6 +29,8 @@ fi
 
 # The configs' 10 warm-up iterations of 150, also the logging interval.
 WARMUP=$(( ITERS / 15 > 0 ? ITERS / 15 : 1 ))
+# α can move about lr per search step under Adam: lr = 3 / steps lets it move by 3.
+ALPHA_LR=$(awk -v steps=$(( ITERS - ITERS / 3 )) 'BEGIN { printf "%.3g", 3 / steps }')
 
 run() {  # run NAME SCHEDULER_KEY [OPTIONS...]: train NAME_..., then evaluate its last checkpoint
     local name="$1" sched="$2" dir="$WORK_DIR/$1"
@@ -43,7 +46,8 @@ run() {  # run NAME SCHEDULER_KEY [OPTIONS...]: train NAME_..., then evaluate it
 }
 
 start=$SECONDS
-run naslora param_scheduler.weights custom_hooks.0.warmup=$((ITERS / 3))
+run naslora param_scheduler.weights custom_hooks.0.warmup=$((ITERS / 3)) \
+    custom_hooks.1.interval="$WARMUP" optim_wrapper.alpha.optimizer.lr="$ALPHA_LR"
 run decoder-only param_scheduler
 echo
 echo "Kvasir-SEG val, LiteMedSAM, $ITERS iterations of batch 4 at 128x128, $(((SECONDS - start) / 60)) min:"

@@ -1,5 +1,5 @@
 # NAS-LoRA on LiteMedSAM, Kvasir-SEG at 256x256: weights alone for T_B = 500 iterations,
-# then α and weight steps alternate until 2k.
+# then α and the weights together (the joint step) until 2k.
 _base_ = [
     '../_base_/models/litemedsam_lora.py', '../_base_/datasets/kvasir_seg_256x256.py',
     '../_base_/default_runtime.py', '../_base_/schedules/schedule_nas_2k.py'

@@ -1,5 +1,5 @@
 # NAS-LoRA (r = 3, all 12 blocks) on SAM ViT-B, ISIC 2017 at 1024x1024:
-# 40 epochs, weights alone for T_B = 10 epochs, then α and weights alternate.
+# 40 epochs, weights alone for T_B = 10 epochs, then α and the weights together (joint step).
 _base_ = [
     '../_base_/models/sam_vit-b_lora.py', '../_base_/datasets/isic2017.py',
     '../_base_/default_runtime.py', '../_base_/schedules/schedule_nas_40e.py'
@@ -11,6 +11,7 @@ model = dict(
     # One-level search: α and weights step on the same batch, α every iteration.
     alpha_interval=1,
     alpha_data='same',
+    search_step='joint',
     data_preprocessor=data_preprocessor,
     backbone=dict(
         img_size=crop_size[0],

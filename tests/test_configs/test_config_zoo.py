@@ -16,7 +16,7 @@ from mmengine.config import Config
 from mmseg.registry import HOOKS, MODELS
 
 import mmseg_naslora  # noqa: F401  (registers every module the configs name)
-from mmseg_naslora.models.segmentors.nas_encoder_decoder import NASEncoderDecoder
+from mmseg_naslora.models.segmentors import AdapterEncoderDecoder, NASEncoderDecoder
 
 CONFIG_ROOT = osp.join(REPO_ROOT, 'configs')
 CONFIGS = sorted(p for p in glob.glob(osp.join(CONFIG_ROOT, '**', '*.py'), recursive=True)
@@ -153,8 +153,9 @@ def test_name_matches_config(path):
         assert cfg.model.type == 'NASEncoderDecoder'
         assert cfg.optim_wrapper.constructor == 'NASOptimWrapperConstructor'
     if name['method'] == 'convlora':
-        # loss_moe, the only signal that trains the gate, comes from NASEncoderDecoder.
-        assert cfg.model.type == 'NASEncoderDecoder' and cfg.optim_wrapper.type == 'OptimWrapper'
+        # loss_moe, the only signal that trains the gate, comes from AdapterEncoderDecoder.
+        assert cfg.model.type == 'AdapterEncoderDecoder'
+        assert cfg.optim_wrapper.type == 'OptimWrapper'
     # backbone token -> backbone type and SAM size
     if name['backbone'].startswith('sam-vit-'):
         arch = name['backbone'].split('-')[2]
@@ -213,17 +214,21 @@ def test_dataset_and_metric_are_the_papers(path):
                          ids=osp.basename)
 def test_nas_stage_hook_warms_up_for_a_quarter(path):
     cfg = load(path)
-    hooks = [h for h in cfg.custom_hooks if h['type'] == 'NASStageHook']
-    assert len(hooks) == 1
-    hook = HOOKS.build(hooks[0])
+    # The schedule (NASStageHook) and the α statistics (NASAlphaLoggerHook), in this order.
+    assert [h['type'] for h in cfg.custom_hooks] == ['NASStageHook', 'NASAlphaLoggerHook']
+    hook = HOOKS.build(cfg.custom_hooks[0])
+    logger = HOOKS.build(cfg.custom_hooks[1])
     loop = cfg.train_cfg
     assert hook.by_epoch == (loop.type == 'EpochBasedTrainLoop')
     length = loop.max_epochs if hook.by_epoch else loop.max_iters
     assert 0 < hook.warmup < length
     if parse_name(path)['backbone'].startswith('sam-vit'):
         assert 4 * hook.warmup == length
+        assert logger.interval == 50
     assert set(cfg.param_scheduler) == {'weights', 'alpha'}
-    assert cfg.model_wrapper_cfg.type == 'mmseg.NASDistributedDataParallel'
+    # find_unused_parameters is chosen by the wrapper from the model's search step.
+    assert cfg.model_wrapper_cfg == dict(type='mmseg.NASDistributedDataParallel')
+    assert cfg.optim_wrapper.alpha.optimizer.weight_decay == 0.
 
 
 LITEMEDSAM_METHODS = ('decoder-only', 'lora', 'convlora', 'naslora', 'naspclora')
@@ -256,7 +261,13 @@ def test_litemedsam_families_differ_only_in_size_and_schedule(method):
         warmups = [[h.warmup for h in c.custom_hooks if h.type == 'NASStageHook']
                    for c in (native, cpu)]
         assert warmups == [[500], [50]]  # T_B: a quarter and a third of training
-        assert native.optim_wrapper.alpha == cpu.optim_wrapper.alpha
+        # The same α optimiser but its lr: the CPU run's 100 search steps take the
+        # rule of docs/nas_training.md, lr ≈ 3 / search steps.
+        alphas = [dict(c.optim_wrapper.alpha.optimizer) for c in (native, cpu)]
+        assert alphas[1]['lr'] == pytest.approx(3 / (150 - 50))
+        assert [{k: v for k, v in a.items() if k != 'lr'} for a in alphas] == [
+            dict(type='Adam', betas=(0.5, 0.999), weight_decay=0.)] * 2
+        assert native.optim_wrapper.alpha.type == cpu.optim_wrapper.alpha.type
 
 
 def test_top_level_isic_config_uses_the_converter_layout():
@@ -308,6 +319,8 @@ def test_tiny_model_builds_and_runs(path):
     model = MODELS.build(model_cfg).eval()
     if model_cfg.type == 'NASEncoderDecoder':
         assert isinstance(model, NASEncoderDecoder)
+    if model_cfg.type == 'AdapterEncoderDecoder':
+        assert isinstance(model, AdapterEncoderDecoder) and model.aux_loss
     trainable = [n for n, p in model.named_parameters()
                  if p.requires_grad and n.startswith('backbone.')]
     # The encoder is frozen: in the backbone only the adapters train.

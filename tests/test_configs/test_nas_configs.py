@@ -28,6 +28,12 @@ def nas_hook(cfg):
     return hooks[0]
 
 
+def alpha_logger(cfg):
+    hooks = [h for h in cfg.custom_hooks if h['type'] == 'NASAlphaLoggerHook']
+    assert len(hooks) == 1
+    return hooks[0]
+
+
 def test_expected_configs_exist():
     names = {osp.basename(p) for p in CONFIGS}
     assert {'naslora_sam_b_isic.py',
@@ -47,11 +53,23 @@ def test_config_parses_and_tiny_model_builds(path):
     assert cfg.optim_wrapper.constructor == 'NASOptimWrapperConstructor'
     assert cfg.optim_wrapper.weights.optimizer == dict(
         type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=1e-4)
+    # No α weight decay: softmax(α) is shift-invariant, decay only pulls it to uniform.
+    # α lr: the paper's 1e-3 for the long schedules, 3 / search steps for the 2k one.
+    search_steps = cfg.train_cfg.get('max_iters', 0) - nas_hook(cfg)['warmup']
+    lr = 2e-3 if search_steps == 1500 else 1e-3
     assert cfg.optim_wrapper.alpha.optimizer == dict(
-        type='Adam', lr=1e-3, betas=(0.5, 0.999), weight_decay=1e-3)
+        type='Adam', lr=lr, betas=(0.5, 0.999), weight_decay=0.)
     assert set(cfg.param_scheduler) == {'weights', 'alpha'}
+    # find_unused_parameters is left to the wrapper (False for the joint step).
+    assert cfg.model_wrapper_cfg == dict(type='mmseg.NASDistributedDataParallel')
     assert MMENGINE_MODEL_WRAPPERS.get(cfg.model_wrapper_cfg.type) is NASDistributedDataParallel
+    assert cfg.model.search_step == 'joint'
+    # The schedule and the α statistics are two hooks, in this order.
+    assert [h['type'] for h in cfg.custom_hooks] == ['NASStageHook', 'NASAlphaLoggerHook']
+    assert set(nas_hook(cfg)) <= {'type', 'warmup', 'by_epoch', 'freeze_after'}
     hook = HOOKS.build(nas_hook(cfg))
+    logger = HOOKS.build(alpha_logger(cfg))
+    assert logger.interval == 50 and logger.plot
     crop = cfg.crop_size
     assert cfg.model.backbone.img_size == crop[0] and cfg.model.data_preprocessor.size == crop
     if 'isic' in name:
@@ -79,7 +97,7 @@ def test_config_parses_and_tiny_model_builds(path):
     model_cfg.decode_head.update(checkpoint=None, **TINY_DECODER)
     torch.manual_seed(0)
     model = MODELS.build(model_cfg)
-    assert isinstance(model, NASEncoderDecoder)
+    assert isinstance(model, NASEncoderDecoder) and model.search_step == 'joint'
     adapters = [m for m in model.modules() if isinstance(m, NASLoRA)]
     assert len(adapters) == TINY_ARCH['depth']
     if name.startswith('naspclora'):

@@ -3,13 +3,13 @@ import pytest
 import torch
 from conftest import TINY_ARCH, TINY_DECODER, TINY_WINDOW
 from mmengine.config import Config, ConfigDict
-from mmengine.logging import MessageHub, MMLogger
+from mmengine.logging import MMLogger
 from mmengine.optim import build_optim_wrapper
 from mmengine.structures import PixelData
 from mmseg.registry import MODELS
 from mmseg.structures import SegDataSample
 
-from mmseg_naslora.models.adapters.nas_lora import ALPHA_MARKER
+from mmseg_naslora.models.adapters.arch import ALPHA_MARKER
 from mmseg_naslora.models.segmentors.nas_encoder_decoder import NASEncoderDecoder
 from mmseg_naslora.utils.cli import enable_amp
 
@@ -77,10 +77,11 @@ def test_checkpointed_blocks_match_plain_blocks(name):
 
 
 # Gradient accumulation -----------------------------------------------------
-def build_model(adapter: dict) -> NASEncoderDecoder:
+def build_model(adapter: dict, search_step: str = 'joint') -> NASEncoderDecoder:
     torch.manual_seed(0)
     model = MODELS.build(dict(
         type='NASEncoderDecoder',
+        search_step=search_step,
         data_preprocessor=dict(type='SegDataPreProcessor', mean=[123.675, 116.28, 103.53],
                                std=[58.395, 57.12, 57.375], bgr_to_rgb=True, pad_val=0,
                                seg_pad_val=255, size=(SIZE, SIZE)),
@@ -141,31 +142,29 @@ def mean_loss_grads(model, batch, params: dict) -> dict:
             for (n, p), g in zip(params.items(), grads)}
 
 
-@pytest.fixture
-def hub():
-    return MessageHub.get_instance('test_memory_savers_hub')
+STEPS = ('joint', 'alternate')
 
 
-def run(model, optim_wrapper, hub, batches):
-    for it, batch in enumerate(batches):
-        hub.update_info('iter', it)
+def run(model, optim_wrapper, batches, stage='search'):
+    """One iteration per batch, each with the plan NASStageHook gives it (α every iteration)."""
+    for batch in batches:
+        model.set_step_plan(stage, True)
         model.train_step(batch, optim_wrapper)
 
 
-def test_accumulating_two_half_batches_equals_one_batch_in_warmup(hub):
+@pytest.mark.parametrize('search_step', STEPS)
+def test_accumulating_two_half_batches_equals_one_batch_in_warmup(search_step):
     """Stage 1: 2 half-batches with accumulative_counts=2 == 1 full batch (mean loss)."""
     batch = make_batch()
     adapter = dict(type='NASLoRA', rank=3, op_variant='linear', primitives=LINEAR_OPS)
-    acc, full = build_model(adapter), build_model(adapter)
-    for model in (acc, full):
-        model.nas_stage = 'warmup'
+    acc, full = build_model(adapter, search_step), build_model(adapter, search_step)
     ow_acc, ow_full = build_optim_wrapper(acc, sgd_optim(2)), build_optim_wrapper(full, sgd_optim(1))
     alpha0, weights0 = snapshot(split(acc)[0]), snapshot(split(acc)[1])
-    run(acc, ow_acc, hub, [half(batch, 0)])
+    run(acc, ow_acc, [half(batch, 0)], stage='warmup')
     assert all(torch.equal(p, weights0[n]) for n, p in split(acc)[1].items()), \
         'the first of two accumulated iterations must not step'
-    run(acc, ow_acc, hub, [half(batch, 1)])
-    run(full, ow_full, hub, [batch])
+    run(acc, ow_acc, [half(batch, 1)], stage='warmup')
+    run(full, ow_full, [batch], stage='warmup')
     (alpha_a, weights_a), (_, weights_f) = split(acc), split(full)
     moved = [n for n, p in weights_f.items() if not torch.equal(p, weights0[n])]
     assert any('lora_A' in n for n in moved) and any('decode_head' in n for n in moved)
@@ -174,8 +173,42 @@ def test_accumulating_two_half_batches_equals_one_batch_in_warmup(hub):
     assert all(torch.equal(p, alpha0[n]) for n, p in alpha_a.items())
 
 
-def test_accumulation_in_search_stage_steps_alpha_and_weights_once_per_window(hub):
-    """Stage 2 with accumulative_counts=2 over half-batches h1, h2 (α lr > 0).
+def test_accumulation_in_joint_search_equals_one_batch():
+    """Joint stage 2 with accumulative_counts=2 over half-batches h1, h2 (α lr > 0).
+
+    Both optimisers step once, after the second backward, with the mean of the
+    two half-batch gradients, all taken at (α0, w0): exactly the one-batch step
+    for α and for the weights.
+    """
+    batch = make_batch()
+    adapter = dict(type='NASLoRA', rank=3, op_variant='linear', primitives=LINEAR_OPS)
+    acc, full, ref = (build_model(adapter, 'joint') for _ in range(3))
+    ow_acc, ow_full = build_optim_wrapper(acc, sgd_optim(2)), build_optim_wrapper(full, sgd_optim(1))
+    alpha0, weights0 = snapshot(split(ref)[0]), snapshot(split(ref)[1])
+    run(acc, ow_acc, [half(batch, 0)])
+    assert all(torch.equal(p, alpha0[n]) for n, p in split(acc)[0].items()), \
+        'the first of two accumulated iterations must not step α'
+    assert all(torch.equal(p, weights0[n]) for n, p in split(acc)[1].items())
+    run(acc, ow_acc, [half(batch, 1)])
+    run(full, ow_full, [batch])
+
+    alpha_ref, weights_ref = split(ref)
+    g_alpha = [mean_loss_grads(ref, half(batch, i), alpha_ref) for i in (0, 1)]
+    g_w = [mean_loss_grads(ref, half(batch, i), weights_ref) for i in (0, 1)]
+    (alpha_a, weights_a), (alpha_f, weights_f) = split(acc), split(full)
+    for n, p in alpha_a.items():
+        assert not torch.equal(p, alpha0[n]), 'α did not move; the test would prove nothing'
+        expected = alpha0[n] - 5. * (g_alpha[0][n] + g_alpha[1][n]) / 2
+        torch.testing.assert_close(p, expected, rtol=1e-4, atol=1e-6, msg=n)
+        torch.testing.assert_close(p, alpha_f[n], rtol=1e-4, atol=1e-6, msg=n)
+    for n, p in weights_a.items():
+        expected = weights0[n] - 0.5 * (g_w[0][n] + g_w[1][n]) / 2
+        torch.testing.assert_close(p, expected, rtol=1e-4, atol=1e-6, msg=n)
+        torch.testing.assert_close(p, weights_f[n], rtol=1e-4, atol=1e-6, msg=n)
+
+
+def test_accumulation_in_alternate_search_steps_alpha_and_weights_once_per_window():
+    """Alternating stage 2 with accumulative_counts=2 over half-batches h1, h2 (α lr > 0).
 
     * α steps once, with the mean of its two half-batch gradients, both taken
       at the initial parameters: exactly the one-batch α step.
@@ -185,11 +218,11 @@ def test_accumulation_in_search_stage_steps_alpha_and_weights_once_per_window(hu
     """
     batch = make_batch()
     adapter = dict(type='NASLoRA', rank=3, op_variant='linear', primitives=LINEAR_OPS)
-    acc, full, ref = build_model(adapter), build_model(adapter), build_model(adapter)
+    acc, full, ref = (build_model(adapter, 'alternate') for _ in range(3))
     ow_acc, ow_full = build_optim_wrapper(acc, sgd_optim(2)), build_optim_wrapper(full, sgd_optim(1))
     alpha0, weights0 = snapshot(split(ref)[0]), snapshot(split(ref)[1])
-    run(acc, ow_acc, hub, [half(batch, 0), half(batch, 1)])
-    run(full, ow_full, hub, [batch])
+    run(acc, ow_acc, [half(batch, 0), half(batch, 1)])
+    run(full, ow_full, [batch])
 
     # Manual reference: α gradients of both halves at (α0, w0).
     alpha_ref, weights_ref = split(ref)
@@ -210,13 +243,14 @@ def test_accumulation_in_search_stage_steps_alpha_and_weights_once_per_window(hu
         torch.testing.assert_close(p, expected, rtol=1e-4, atol=1e-6, msg=n)
 
 
-def test_accumulation_in_search_stage_with_frozen_alpha_lr_equals_one_batch(hub):
+@pytest.mark.parametrize('search_step', STEPS)
+def test_accumulation_in_search_stage_with_frozen_alpha_lr_equals_one_batch(search_step):
     batch = make_batch()
     adapter = dict(type='NASLoRA', rank=3, op_variant='linear', primitives=LINEAR_OPS)
-    acc, full = build_model(adapter), build_model(adapter)
-    run(acc, build_optim_wrapper(acc, sgd_optim(2, alpha_lr=0.)), hub,
+    acc, full = build_model(adapter, search_step), build_model(adapter, search_step)
+    run(acc, build_optim_wrapper(acc, sgd_optim(2, alpha_lr=0.)),
         [half(batch, 0), half(batch, 1)])
-    run(full, build_optim_wrapper(full, sgd_optim(1, alpha_lr=0.)), hub, [batch])
+    run(full, build_optim_wrapper(full, sgd_optim(1, alpha_lr=0.)), [batch])
     weights0 = snapshot(split(build_model(adapter))[1])
     (_, weights_a), (_, weights_f) = split(acc), split(full)
     assert any(not torch.equal(p, weights0[n]) for n, p in weights_f.items())

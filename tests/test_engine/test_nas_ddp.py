@@ -11,6 +11,7 @@ import subprocess
 import sys
 import uuid
 
+import pytest
 import torch
 
 HERE = osp.dirname(osp.abspath(__file__))
@@ -23,16 +24,21 @@ MAX_ITERS = 6
 WARMUP = 2
 
 
-def test_two_ranks_end_with_identical_alpha_and_weights(tmp_path):
+@pytest.mark.parametrize('search_step', ['joint', 'alternate'])
+def test_two_ranks_end_with_identical_alpha_and_weights(tmp_path, search_step):
+    """Joint: one forward (one gradient all-reduce) per iteration, no unused-parameter search."""
     data = make_binary_dataset(str(tmp_path / 'data'), splits=(('train', 8), ('val', 2)))
     cfg = tiny_config(str(tmp_path / 'cfg.py'), data, base=KVASIR_NAS, max_iters=MAX_ITERS,
                       extra='\n'.join([
+                          f"model['search_step'] = '{search_step}'",
                           "optim_wrapper = dict(weights=dict(optimizer=dict(lr=1e-3)),",
                           "                     alpha=dict(optimizer=dict(lr=5e-2)))",
                           f"custom_hooks = [dict(type='NASStageHook', warmup={WARMUP}, "
-                          "by_epoch=False, interval=1)]",
+                          "by_epoch=False)]",
                           "default_hooks = dict(checkpoint=dict(interval=100, save_best=None))",
                           "env_cfg = dict(dist_cfg=dict(backend='gloo'))",
+                          # find_unused_parameters is left to the wrapper: False for joint.
+                          "model_wrapper_cfg = dict(type='mmseg.NASDistributedDataParallel')",
                       ]))
     out = tmp_path / 'out'
     out.mkdir()
@@ -50,11 +56,17 @@ def test_two_ranks_end_with_identical_alpha_and_weights(tmp_path):
     for mine, theirs in zip(*batches):
         assert len(mine) == 2 and not set(mine) & set(theirs)
     # ...in the expected stages, with the steps isolated under DDP as well...
+    searches = MAX_ITERS - WARMUP
     for r in ranks:
-        assert r['stages'] == ['warmup'] * WARMUP + ['search'] * (MAX_ITERS - WARMUP)
-        assert r['steps'].count('alpha') == MAX_ITERS - WARMUP
+        assert r['stages'] == ['warmup'] * WARMUP + ['search'] * searches
+        assert r['steps'].count('alpha') == searches
         assert r['steps'].count('weights') == MAX_ITERS
-        assert r['isolation_errors'] == []
+        assert r['find_unused_parameters'] is (search_step == 'alternate')
+        if search_step == 'joint':
+            assert r['forwards'] == MAX_ITERS
+        else:
+            assert r['forwards'] == MAX_ITERS + searches
+            assert r['isolation_errors'] == []
     # ...and ended with identical α and trainable weights: gradients were averaged.
     params = [r['params'] for r in ranks]
     alpha = [k for k in params[0] if k.endswith('nas_alpha')]
@@ -93,8 +105,14 @@ def _worker(cfg_path: str, work_dir: str, out_dir: str) -> None:
     assert isinstance(runner.model, NASDistributedDataParallel), type(runner.model)
     module = runner.model.module
     alpha_names = [n for n, _ in module.arch_parameters()]
-    record = dict(paths=[], stages=[], steps=[], isolation_errors=[],
+    record = dict(paths=[], stages=[], steps=[], isolation_errors=[], forwards=0,
+                  find_unused_parameters=runner.model.find_unused_parameters,
                   alpha_at_start={n: p.detach().clone() for n, p in module.arch_parameters()})
+
+    def count_forward(*args):
+        record['forwards'] += 1
+
+    runner.model.register_forward_pre_hook(count_forward)
 
     class Spy(Hook):
         priority = 'LOW'

@@ -1,25 +1,29 @@
-"""NASOptimWrapperConstructor: which parameter goes where, paramwise_cfg, schedulers."""
+"""NASOptimWrapperConstructor: which parameter goes where, paramwise_cfg, schedulers, AMP."""
+import glob
 import logging
 import os.path as osp
 
 import pytest
 import torch
-from conftest import TINY_ARCH, TINY_DECODER, TINY_WINDOW, make_binary_dataset, tiny_config
+from conftest import (REPO_ROOT, TINY_ARCH, TINY_DECODER, TINY_WINDOW, make_binary_dataset,
+                      tiny_config)
 from mmengine.config import Config
 from mmengine.hooks import Hook
 from mmengine.logging import MMLogger
-from mmengine.optim import (DefaultOptimWrapperConstructor, OptimWrapper, OptimWrapperDict,
-                            build_optim_wrapper)
+from mmengine.optim import (AmpOptimWrapper, DefaultOptimWrapperConstructor, OptimWrapper,
+                            OptimWrapperDict, build_optim_wrapper)
 from mmengine.runner import Runner
 from mmseg.registry import MODELS
 
 from mmseg_naslora.engine.optimizers.nas_optim_wrapper_constructor import \
     NASOptimWrapperConstructor
-from mmseg_naslora.models.adapters.nas_lora import ALPHA_MARKER
+from mmseg_naslora.models.adapters.arch import ALPHA_MARKER
 
 WEIGHTS = dict(type='OptimWrapper', optimizer=dict(type='AdamW', lr=1e-4, weight_decay=1e-4))
 ALPHA = dict(type='OptimWrapper',
-             optimizer=dict(type='Adam', lr=1e-3, betas=(0.5, 0.999), weight_decay=1e-3))
+             optimizer=dict(type='Adam', lr=1e-3, betas=(0.5, 0.999), weight_decay=0.))
+NAS_SCHEDULES = sorted(glob.glob(osp.join(REPO_ROOT, 'configs', '_base_', 'schedules',
+                                          'schedule_nas_*.py')))
 
 
 def build_model(adapter=dict(type='NASLoRA', rank=3)):
@@ -174,6 +178,61 @@ def test_config_errors_name_the_key():
         NASOptimWrapperConstructor(dict(weights=WEIGHTS, alpha=dict(type='OptimWrapper')))
 
 
+def test_two_amp_wrappers_share_one_loss_scaler(monkeypatch):
+    """The joint step scales one backward for both optimisers: one GradScaler for both."""
+    # AmpOptimWrapper refuses to be built without a GPU; the scaler itself needs none.
+    monkeypatch.setattr('mmengine.optim.optimizer.amp_optimizer_wrapper.is_cuda_available',
+                        lambda: True)
+    model = build_model()
+    ow = build_optim_wrapper(model, dict(constructor='NASOptimWrapperConstructor',
+                                         type='AmpOptimWrapper', loss_scale='dynamic',
+                                         weights=WEIGHTS, alpha=ALPHA))
+    assert isinstance(ow, OptimWrapperDict)
+    weights, alpha = ow['weights'], ow['alpha']
+    assert isinstance(weights, AmpOptimWrapper) and isinstance(alpha, AmpOptimWrapper)
+    assert alpha.loss_scaler is weights.loss_scaler
+    # Each keeps its own optimiser over its own parameters.
+    assert alpha.optimizer is not weights.optimizer
+    assert not set(param_ids(alpha)) & set(param_ids(weights))
+    # Two independently built AMP wrappers (the entries' own types) share it as well.
+    ow = build_optim_wrapper(model, dict(
+        constructor='NASOptimWrapperConstructor',
+        weights=dict(WEIGHTS, type='AmpOptimWrapper'),
+        alpha=dict(ALPHA, type='AmpOptimWrapper', loss_scale=512.)))
+    assert ow['alpha'].loss_scaler is ow['weights'].loss_scaler
+
+
+@pytest.mark.parametrize('amp_key', ['weights', 'alpha'])
+def test_mixing_amp_and_plain_wrappers_is_refused(monkeypatch, amp_key):
+    monkeypatch.setattr('mmengine.optim.optimizer.amp_optimizer_wrapper.is_cuda_available',
+                        lambda: True)
+    entries = dict(weights=WEIGHTS, alpha=ALPHA)
+    entries[amp_key] = dict(entries[amp_key], type='AmpOptimWrapper')
+    with pytest.raises(TypeError, match='both be AmpOptimWrapper or neither') as info:
+        build_optim_wrapper(build_model(), dict(constructor='NASOptimWrapperConstructor',
+                                                **entries))
+    assert "type='AmpOptimWrapper' at the top level" in str(info.value)
+
+
+def test_nas_schedules_exist():
+    names = {osp.basename(p) for p in NAS_SCHEDULES}
+    assert {'schedule_nas_2k.py', 'schedule_nas_12e.py', 'schedule_nas_28e.py',
+            'schedule_nas_28k.py', 'schedule_nas_40e.py'} <= names
+
+
+@pytest.mark.parametrize('path', NAS_SCHEDULES, ids=osp.basename)
+def test_nas_schedules_give_alpha_no_weight_decay(path):
+    """softmax(α) is shift-invariant: decay would only pull α back to uniform."""
+    cfg = Config.fromfile(path)
+    assert cfg.optim_wrapper.constructor == 'NASOptimWrapperConstructor'
+    assert cfg.optim_wrapper.alpha.optimizer.weight_decay == 0.
+    # And every α group of the built optimiser has it (no paramwise rule adds any).
+    ow = build_optim_wrapper(build_model(), cfg.optim_wrapper)
+    groups = ow['alpha'].optimizer.param_groups
+    assert groups and all(g['weight_decay'] == 0. for g in groups)
+    assert ow['weights'].optimizer.defaults['weight_decay'] > 0
+
+
 def test_dict_param_schedulers_drive_each_wrapper(tmp_path):
     """``param_scheduler=dict(weights=[...], alpha=[...])`` through the Runner."""
     data = make_binary_dataset(str(tmp_path / 'data'))
@@ -186,7 +245,8 @@ def test_dict_param_schedulers_drive_each_wrapper(tmp_path):
             "    weights=[dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, "
             'end=4)],',
             "    alpha=[dict(type='MultiStepLR', milestones=[3], gamma=0.5, by_epoch=False)])",
-            "custom_hooks = [dict(type='NASStageHook', warmup=1, by_epoch=False, interval=1)]",
+            "custom_hooks = [dict(type='NASStageHook', warmup=1, by_epoch=False),",
+            "                dict(type='NASAlphaLoggerHook', interval=1)]",
             'train_cfg = dict(max_iters=4, val_interval=100)',
         ]))
     cfg = Config.fromfile(cfg_path)

@@ -181,10 +181,20 @@ def test_warmup_longer_than_training_warns(tmp_path, binary_dataset, official_sa
                              alpha=dict(type='OptimWrapper',
                                         optimizer=dict(type='Adam', lr=1e-3)))
     cfg.param_scheduler = dict(weights=[], alpha=[])
-    cfg.custom_hooks = [dict(type='NASStageHook', warmup=500, by_epoch=False)]
+    cfg.custom_hooks = [dict(type='NASStageHook', warmup=500, by_epoch=False),
+                        dict(type='NASAlphaLoggerHook', interval=1)]
     runner = Runner.from_cfg(cfg)
     runner.train()
     with open(glob.glob(osp.join(cfg.work_dir, '*', '*.log'))[0]) as f:
         log = f.read()
     assert 'warmup T_B=500 iters >= the training length (2 iters)' in log
     assert 'WARNING' in log.split('warmup T_B=500')[0].splitlines()[-1]
+
+
+def test_nas_stage_hook_with_the_old_logging_arguments(tmp_path, binary_dataset, official_sam):
+    """A config from before the split: the statistics moved to NASAlphaLoggerHook."""
+    cfg = make_cfg(tmp_path, binary_dataset, official_sam[1], base=NAS_BASE)
+    cfg.custom_hooks = [dict(type='NASStageHook', warmup=1, by_epoch=False, interval=10,
+                             plot=False)]
+    assert_fails(cfg, TypeError, 'NASStageHook no longer takes', "['interval', 'plot']",
+                 "dict(type='NASAlphaLoggerHook', interval=10, plot=False)", 'custom_hooks')

@@ -49,6 +49,7 @@ def test_short_demo_on_real_kvasir(tmp_path):
     assert proc.returncode == 0, out[-4000:]
     work = tmp_path / 'demo'
     assert 'NASStageHook: weights only for 2 iters' in out
+    assert 'alpha.lr: 7.5000e-01' in out  # the α lr rule: 3 / (6 - 2) search steps
     assert 'Iter(train) [6/6]' in out and 'eta:' in out
     summary = out[out.index('Kvasir-SEG val, LiteMedSAM, 6 iterations'):]
     scores = dict(re.findall(r'^  (naslora|decoder-only) +(Jaccard: [\d.]+, Dice: [\d.]+)',

@@ -1,6 +1,6 @@
 # SAM ViT-B encoder (frozen) with Conv-LoRA (r = 3, 8 conv experts, noisy top-1
 # gate) on every qkv, and the prompt-free SAM mask decoder as a binary head.
-# NASEncoderDecoder adds the experts' balance loss as `loss_moe`, the only
+# AdapterEncoderDecoder adds the experts' balance loss as `loss_moe`, the only
 # signal that trains the gate (docs/conv_lora_and_losses.md).
 # Put the official checkpoint at checkpoints/sam_vit_b_01ec64.pth (see README).
 sam_checkpoint = 'checkpoints/sam_vit_b_01ec64.pth'
@@ -13,7 +13,7 @@ data_preprocessor = dict(
     seg_pad_val=255,
     test_cfg=dict(size_divisor=16))
 model = dict(
-    type='NASEncoderDecoder',
+    type='AdapterEncoderDecoder',
     data_preprocessor=data_preprocessor,
     backbone=dict(
         type='SAMViT',

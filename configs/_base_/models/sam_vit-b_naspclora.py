@@ -15,6 +15,7 @@ model = dict(
     type='NASEncoderDecoder',
     alpha_interval=1,
     alpha_data='same',
+    search_step='joint',
     data_preprocessor=data_preprocessor,
     backbone=dict(
         type='SAMViT',

@@ -1,6 +1,6 @@
 # Stage-wise NAS-LoRA optimisation (docs/nas_training.md), 28 epochs: the
-# weights train alone for the first T_B = 7 epochs (1/4), then every iteration
-# runs an α step and a weight step (first-order DARTS).
+# weights train alone for the first T_B = 7 epochs (1/4), then α and the
+# weights train together, one joint step per iteration (first-order DARTS).
 # For CAMO, COD10K and roads (Conv-LoRA: 20 epochs).
 # The model must be a NASEncoderDecoder (_base_/models/sam_vit-b_naslora.py).
 optim_wrapper = dict(
@@ -9,10 +9,12 @@ optim_wrapper = dict(
         type='OptimWrapper',
         optimizer=dict(type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=1e-4),
         clip_grad=None),
-    # DARTS's architecture optimiser; lr 1e-3 as in the NAS-LoRA paper.
+    # DARTS's architecture optimiser, lr 1e-3 as in the NAS-LoRA paper (set for its ~15k
+    # search steps; docs/nas_training.md gives the rule for shorter runs). No weight decay:
+    # softmax(α) is shift-invariant, so decay only pulls the architecture back to uniform.
     alpha=dict(
         type='OptimWrapper',
-        optimizer=dict(type='Adam', lr=1e-3, betas=(0.5, 0.999), weight_decay=1e-3)))
+        optimizer=dict(type='Adam', lr=1e-3, betas=(0.5, 0.999), weight_decay=0.)))
 param_scheduler = dict(
     weights=[
         dict(type='LinearLR', start_factor=1e-3, by_epoch=False, begin=0, end=500),
@@ -32,5 +34,9 @@ default_hooks = dict(
                     save_best='auto'),
     sampler_seed=dict(type='DistSamplerSeedHook'),
     visualization=dict(type='SegVisualizationHook'))
-custom_hooks = [dict(type='NASStageHook', warmup=7, by_epoch=True, interval=50)]
-model_wrapper_cfg = dict(type='mmseg.NASDistributedDataParallel', find_unused_parameters=True)
+custom_hooks = [
+    dict(type='NASStageHook', warmup=7, by_epoch=True),
+    dict(type='NASAlphaLoggerHook', interval=50),
+]
+# find_unused_parameters: False for the joint step, True for the alternating one.
+model_wrapper_cfg = dict(type='mmseg.NASDistributedDataParallel')

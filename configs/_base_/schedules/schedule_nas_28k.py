@@ -1,15 +1,17 @@
 # Iteration-based stage-wise NAS-LoRA schedule for the fundus sets: 28k
-# iterations, the weights alone for the first T_B = 7k (1/4), then α and weight
-# steps alternate; the search stage (21k) matches the 20k of the LoRA baselines.
+# iterations, the weights alone for the first T_B = 7k (1/4), then α and the
+# weights train together; the search stage (21k) matches the 20k of the LoRA baselines.
 optim_wrapper = dict(
     constructor='NASOptimWrapperConstructor',
     weights=dict(
         type='OptimWrapper',
         optimizer=dict(type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=1e-4),
         clip_grad=None),
+    # No α weight decay: softmax(α) is shift-invariant, so decay only pulls the
+    # architecture back to uniform (docs/nas_training.md).
     alpha=dict(
         type='OptimWrapper',
-        optimizer=dict(type='Adam', lr=1e-3, betas=(0.5, 0.999), weight_decay=1e-3)))
+        optimizer=dict(type='Adam', lr=1e-3, betas=(0.5, 0.999), weight_decay=0.)))
 param_scheduler = dict(
     weights=[
         dict(type='LinearLR', start_factor=1e-3, by_epoch=False, begin=0, end=500),
@@ -27,5 +29,9 @@ default_hooks = dict(
                     save_best='Dice', rule='greater'),
     sampler_seed=dict(type='DistSamplerSeedHook'),
     visualization=dict(type='SegVisualizationHook'))
-custom_hooks = [dict(type='NASStageHook', warmup=7000, by_epoch=False, interval=50)]
-model_wrapper_cfg = dict(type='mmseg.NASDistributedDataParallel', find_unused_parameters=True)
+custom_hooks = [
+    dict(type='NASStageHook', warmup=7000, by_epoch=False),
+    dict(type='NASAlphaLoggerHook', interval=50),
+]
+# find_unused_parameters: False for the joint step, True for the alternating one.
+model_wrapper_cfg = dict(type='mmseg.NASDistributedDataParallel')

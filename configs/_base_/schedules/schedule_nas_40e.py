@@ -1,6 +1,6 @@
 # Stage-wise NAS-LoRA optimisation (docs/nas_training.md): 40 epochs; the
-# weights train alone for the first T_B = 10 epochs, then every iteration runs
-# an α step and a weight step (first-order DARTS). The model must be a
+# weights train alone for the first T_B = 10 epochs, then α and the weights
+# train together, one joint step per iteration (first-order DARTS). The model must be a
 # NASEncoderDecoder (set `model.type` in the method config).
 optim_wrapper = dict(
     constructor='NASOptimWrapperConstructor',
@@ -8,10 +8,12 @@ optim_wrapper = dict(
         type='OptimWrapper',
         optimizer=dict(type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=1e-4),
         clip_grad=None),
-    # DARTS's architecture optimiser; lr 1e-3 as in the NAS-LoRA paper.
+    # DARTS's architecture optimiser, lr 1e-3 as in the NAS-LoRA paper (set for its ~15k
+    # search steps; docs/nas_training.md gives the rule for shorter runs). No weight decay:
+    # softmax(α) is shift-invariant, so decay only pulls the architecture back to uniform.
     alpha=dict(
         type='OptimWrapper',
-        optimizer=dict(type='Adam', lr=1e-3, betas=(0.5, 0.999), weight_decay=1e-3)))
+        optimizer=dict(type='Adam', lr=1e-3, betas=(0.5, 0.999), weight_decay=0.)))
 # One schedule per wrapper: weights warm up linearly and decay polynomially,
 # α keeps a constant learning rate (as in DARTS).
 param_scheduler = dict(
@@ -33,6 +35,10 @@ default_hooks = dict(
     sampler_seed=dict(type='DistSamplerSeedHook'),
     visualization=dict(type='SegVisualizationHook'))
 # T_B = warmup: epochs of stage 1. Add freeze_after=N for a final α freeze.
-custom_hooks = [dict(type='NASStageHook', warmup=10, by_epoch=True, interval=50)]
-# Multi-GPU: DDP whose train_step runs the alternating step of the segmentor.
-model_wrapper_cfg = dict(type='mmseg.NASDistributedDataParallel', find_unused_parameters=True)
+custom_hooks = [
+    dict(type='NASStageHook', warmup=10, by_epoch=True),
+    dict(type='NASAlphaLoggerHook', interval=50),
+]
+# Multi-GPU: DDP whose train_step runs the segmentor's NAS step.
+# find_unused_parameters: False for the joint step, True for the alternating one.
+model_wrapper_cfg = dict(type='mmseg.NASDistributedDataParallel')

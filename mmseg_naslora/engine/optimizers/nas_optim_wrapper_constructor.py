@@ -1,7 +1,7 @@
 """Two optimisers for differentiable architecture search: weights and α.
 
-The stage-wise NAS-LoRA optimisation (METHODS.md §5) alternates an α step and
-a weight step, each with its own optimiser, as DARTS does (Liu et al., "DARTS:
+The stage-wise NAS-LoRA optimisation (METHODS.md §5) steps α and the weights,
+each with its own optimiser, as DARTS does (Liu et al., "DARTS:
 Differentiable Architecture Search", ICLR 2019). This constructor builds them
 as an :class:`~mmengine.optim.OptimWrapperDict` with the keys ``weights`` and
 ``alpha``. The idea is mmrazor's ``SeparateOptimWrapperConstructor`` (one
@@ -18,18 +18,18 @@ from typing import Dict, Iterator, List, Optional, Set, Union
 
 import torch.nn as nn
 from mmengine.logging import MMLogger, print_log
-from mmengine.optim import (DefaultOptimWrapperConstructor, OptimWrapper,
-                            OptimWrapperDict)
+from mmengine.optim import (AmpOptimWrapper, DefaultOptimWrapperConstructor,
+                            OptimWrapper, OptimWrapperDict)
 from mmseg.registry import (OPTIM_WRAPPER_CONSTRUCTORS, OPTIM_WRAPPERS,
                             OPTIMIZERS)
 
-from ...models.adapters.nas_lora import ALPHA_MARKER
+from ...models.adapters.arch import ALPHA_MARKER, is_arch_name
 
 #: The sub-configs this constructor understands.
 WRAPPER_KEYS = ('weights', 'alpha')
 
 _ALPHA_EXAMPLE = ("alpha=dict(type='OptimWrapper', optimizer=dict(type='Adam', lr=1e-3, "
-                  'betas=(0.5, 0.999), weight_decay=1e-3))')
+                  'betas=(0.5, 0.999), weight_decay=0))')
 
 
 @OPTIM_WRAPPER_CONSTRUCTORS.register_module()
@@ -37,7 +37,7 @@ class NASOptimWrapperConstructor:
     """Build ``OptimWrapperDict(weights=..., alpha=...)`` for a NAS model.
 
     Architecture parameters are found by name: every trainable parameter
-    whose name ends with :data:`~mmseg_naslora.models.adapters.nas_lora.ALPHA_MARKER`
+    whose name ends with :data:`~mmseg_naslora.models.adapters.arch.ALPHA_MARKER`
     goes to the ``alpha`` wrapper, every other trainable parameter to the
     ``weights`` wrapper. Frozen parameters (``requires_grad=False``) are in
     neither and are skipped quietly: one summary line is logged instead of
@@ -53,9 +53,20 @@ class NASOptimWrapperConstructor:
     Each entry is an ordinary optim-wrapper config and may hold its own
     ``paramwise_cfg``. Other top-level keys (``type``, ``loss_scale``,
     ``clip_grad``..., e.g. what ``tools/train.py --amp`` sets) apply to both
-    entries and take precedence over theirs. Groups with identical options are merged, so an
-    optimiser has as many groups as distinct option sets, not one per tensor.
-    Parameters shared between modules are added once.
+    entries and take precedence over theirs. When both wrappers are
+    ``AmpOptimWrapper`` s, the α wrapper uses the weights wrapper's loss
+    scaler: the joint search step scales one backward for both optimisers.
+    Groups with identical options are merged, so an optimiser has as many
+    groups as distinct option sets, not one per tensor. Parameters shared
+    between modules are added once.
+
+    α takes no weight decay (``weight_decay=0``; give it explicitly, since
+    Adam's default is also 0 but AdamW's is not): softmax(α) does not change
+    when all of a layer's α move together, so decay only pulls the
+    architecture back to uniform, and coupled L2 caps ``|α|`` at
+    ``|E[∂L/∂α]| / weight_decay`` however long the search runs. The α
+    learning rate sets how far α can move: Adam moves each entry by at most
+    about lr per step, see ``docs/nas_training.md`` for the rule.
 
     Example::
 
@@ -68,7 +79,7 @@ class NASOptimWrapperConstructor:
             alpha=dict(
                 type='OptimWrapper',
                 optimizer=dict(type='Adam', lr=1e-3, betas=(0.5, 0.999),
-                               weight_decay=1e-3)))
+                               weight_decay=0)))
 
     Args:
         optim_wrapper_cfg (dict): ``dict(weights=..., alpha=...)``; ``alpha``
@@ -116,7 +127,7 @@ class NASOptimWrapperConstructor:
             sizes[id(param)] = param.numel()
             if not param.requires_grad:
                 frozen_ids.add(id(param))
-            elif name.endswith(ALPHA_MARKER):
+            elif is_arch_name(name):
                 alpha_ids.add(id(param))
             else:
                 weight_ids.add(id(param))
@@ -142,6 +153,13 @@ class NASOptimWrapperConstructor:
                 'but optim_wrapper has no `alpha` entry; add e.g. optim_wrapper.'
                 f'{_ALPHA_EXAMPLE}.')
         alpha = self._build(self.alpha_cfg, model, alpha_ids, 'alpha')
+        if isinstance(alpha, AmpOptimWrapper) and isinstance(weights, AmpOptimWrapper):
+            alpha.loss_scaler = weights.loss_scaler
+        elif isinstance(alpha, AmpOptimWrapper) != isinstance(weights, AmpOptimWrapper):
+            raise TypeError(
+                'optim_wrapper.weights and optim_wrapper.alpha must both be AmpOptimWrapper or '
+                f'neither, got {type(weights).__name__} and {type(alpha).__name__}; set '
+                "type='AmpOptimWrapper' at the top level of optim_wrapper to switch both.")
         print_log(f'{summary}; alpha {count(alpha_ids)}; {count(frozen_ids)} frozen, skipped.',
                   logger='current')
         return OptimWrapperDict(weights=weights, alpha=alpha)

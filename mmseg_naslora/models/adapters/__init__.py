@@ -1,12 +1,14 @@
+from .arch import ALPHA_MARKER, ArchLayer, arch_layers, arch_parameters, is_arch_name
 from .conv_lora import ConvLoRA, collect_aux_losses
 from .export import EXPORT_MODES, export_adapters
 from .inject import inject_adapters, iter_adapters, merge_adapters, unmerge_adapters
 from .lora import LoRA
-from .nas_lora import ALPHA_MARKER, ConvBottleneckLoRA, NASLoRA, NASPCLoRA
+from .nas_lora import ConvBottleneckLoRA, NASLoRA, NASPCLoRA
 from .ops import LINEAR_PRIMITIVES, PRIMITIVES
 
 __all__ = [
     'LoRA', 'ConvLoRA', 'NASLoRA', 'NASPCLoRA', 'ConvBottleneckLoRA', 'ALPHA_MARKER',
-    'PRIMITIVES', 'LINEAR_PRIMITIVES', 'collect_aux_losses', 'export_adapters', 'EXPORT_MODES',
+    'ArchLayer', 'arch_layers', 'arch_parameters', 'is_arch_name', 'PRIMITIVES',
+    'LINEAR_PRIMITIVES', 'collect_aux_losses', 'export_adapters', 'EXPORT_MODES',
     'inject_adapters', 'iter_adapters', 'merge_adapters', 'unmerge_adapters'
 ]

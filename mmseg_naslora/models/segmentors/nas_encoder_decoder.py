@@ -1,89 +1,86 @@
-"""An encoder-decoder whose training step alternates α and weight updates."""
+"""An encoder-decoder whose training step also trains the architecture weights α."""
 import contextlib
 from collections import OrderedDict
-from typing import Dict, Iterable, Iterator, List, Optional, Tuple, Union
+from typing import (Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence,
+                    Tuple, Union)
 
 import torch
 import torch.nn as nn
-from mmengine.logging import MessageHub
-from mmengine.optim import OptimWrapper, OptimWrapperDict
-from mmseg.models.segmentors import EncoderDecoder
+from mmengine.optim import AmpOptimWrapper, OptimWrapper, OptimWrapperDict
 from mmseg.registry import MODELS
-from mmseg.utils import SampleList
 
-from ..adapters.conv_lora import collect_aux_losses
-from ..adapters.nas_lora import ALPHA_MARKER
+from ..adapters.arch import ALPHA_MARKER, arch_parameters
+from .adapter_encoder_decoder import AdapterEncoderDecoder
 
-#: ``warmup``: weights only, α frozen (stage 1); ``search``: an α step then a
-#: weight step (stage 2); ``frozen``: weights only again (optional stage 3).
+#: ``warmup``: weights only, α never stepped (stage 1); ``search``: α and the
+#: weights (stage 2); ``frozen``: weights only again (optional stage 3).
 NAS_STAGES = ('warmup', 'search', 'frozen')
 ALPHA_DATA = ('same', 'split')
+#: ``joint``: one forward/backward, then both optimisers step; ``alternate``:
+#: an α forward/backward/step, then a weight forward/backward/step.
+SEARCH_STEPS = ('joint', 'alternate')
+
+
+class NASStepPlan(NamedTuple):
+    """What one training iteration does: its stage and whether α steps in it."""
+
+    stage: str
+    step_alpha: bool
 
 
 @MODELS.register_module()
-class NASEncoderDecoder(EncoderDecoder):
-    """:class:`EncoderDecoder` with the stage-wise NAS-LoRA training step.
+class NASEncoderDecoder(AdapterEncoderDecoder):
+    """:class:`AdapterEncoderDecoder` with the stage-wise NAS-LoRA training step.
 
     NAS-LoRA (Chen et al., 2025, arXiv:2512.03499) trains the weights alone
-    for the first T_B epochs and then interleaves architecture (α) and
-    weight updates, as first-order DARTS does (Liu et al., "DARTS:
-    Differentiable Architecture Search", ICLR 2019). The structure follows
-    mmrazor's ``Darts.train_step``, with one fix: gradients never leak from
-    one step into the other.
+    for the first T_B epochs, then α and the weights together, by first-order
+    DARTS (Liu et al., ICLR 2019). Each iteration follows the
+    :class:`NASStepPlan` that ``NASStageHook`` sets before it
+    (:meth:`set_step_plan`); the segmentor reads nothing else about the
+    schedule. Without the hook the plan is ``(nas_stage, True)``.
 
-    Per training iteration, by :attr:`nas_stage` (set by ``NASStageHook``):
+    ``search_step='joint'`` (the default with ``alpha_data='same'``): one
+    forward and one backward of ``L(w_t, α_t)``, then the α and the weight
+    optimisers step (the simultaneous form of one-level first-order DARTS:
+    the α gradient is that of the alternating step, the weight gradient is
+    taken at α_t instead of α_{t+1}). α keeps ``requires_grad=True`` in every
+    stage, so every trainable parameter gets a gradient in every backward
+    (DDP can run with ``find_unused_parameters=False``); outside a planned α
+    step its gradient is dropped and its optimiser never steps, so α stays
+    bit-for-bit unchanged in stages 1 and 3.
 
-    * ``'warmup'`` and ``'frozen'``: one weight step. α has
-      ``requires_grad=False`` during it, gets no gradient and is never given
-      to an optimiser step, so it stays bit-for-bit unchanged (Adam's weight
-      decay would move a stepped parameter even with a zero gradient).
-    * ``'search'``: an α step (every ``alpha_interval`` iterations), then a
-      weight step. During each step the other group is frozen through
-      ``requires_grad``, so a step's gradients only ever reach its own
-      optimiser. Each group's own gradients are managed by its
-      ``OptimWrapper`` (zeroed after each update, kept across
-      ``accumulative_counts``: the other group's step leaves them alone).
-      With accumulation, α and the weights each step once per window; the
-      weight gradients of the window's earlier iterations were computed
-      with the α from before the window's α update (see
-      ``docs/benchmarks.md``).
+    ``search_step='alternate'``: an α step, then a weight step, each with the
+    other group frozen through ``requires_grad`` (the only form that works
+    with ``alpha_data='split'``, which gives α a held-out part of each batch;
+    see ``docs/nas_training.md``). It costs two forwards and backwards.
 
-    The optimiser must be the ``OptimWrapperDict(weights=..., alpha=...)`` of
-    ``NASOptimWrapperConstructor``. A model without α also accepts a plain
-    :class:`OptimWrapper` and then trains like :class:`EncoderDecoder`, so
-    LoRA and Conv-LoRA configs can use this segmentor too.
+    Both forms keep gradient accumulation (both wrappers need the same
+    ``accumulative_counts``) and, under AMP, one loss scaler for both
+    optimisers (``NASOptimWrapperConstructor`` makes them share it).
 
-    The α step's log variables are prefixed ``alpha.`` (``alpha.loss``,
-    ``alpha.decode.loss_ce``...); the weight step's are logged as usual.
-    Conv-LoRA's mixture-of-experts balance loss, when the model has one, is
-    added to the loss dict as ``loss_moe``.
-
-    ``alpha_data='split'`` holds out part of **each batch** for α: the first
-    ``alpha_split`` fraction of the samples gives α's gradient and the rest
-    the weights' gradient in that iteration (iterations without an α step
-    give the whole batch to the weights). A DARTS-style dataset-level split
-    would need a second dataloader and a custom train loop (mmrazor's
-    ``DartsEpochBasedTrainLoop``), with its own sampler state on resume and
-    under DDP; the batch split keeps MMEngine's stock loops, samplers and
-    epoch semantics. Its held-out property is per iteration: over epochs the
-    shuffled sampler shows every sample to both steps.
+    The optimiser is the ``OptimWrapperDict(weights=..., alpha=...)`` of
+    ``NASOptimWrapperConstructor``; a model without α also accepts a plain
+    :class:`OptimWrapper` and trains like :class:`AdapterEncoderDecoder`.
+    The alternating α step's log variables are prefixed ``alpha.``.
 
     Args:
-        alpha_interval (int): Run the α step on iterations whose (0-based,
-            absolute) index is a multiple of this. Defaults to 1.
-        alpha_data (str): ``'same'`` (α and weights use the same batch, the
-            one-level default) or ``'split'`` (see above). Defaults to
-            ``'same'``.
+        alpha_interval (int): α steps on iterations whose (0-based, absolute)
+            index is a multiple of this; ``NASStageHook`` applies it.
+            Defaults to 1.
+        alpha_data (str): ``'same'`` (α and weights see the same batch) or
+            ``'split'`` (α gets the first ``alpha_split`` of each batch).
+            Defaults to ``'same'``.
         alpha_split (float): Fraction of each batch given to α with
             ``alpha_data='split'``; at least one sample goes to each step.
             Defaults to 0.5.
-        aux_loss (bool): Add the adapters' auxiliary (MoE balance) loss as
-            ``loss_moe``. Defaults to True.
-        nas_stage (str): Stage until ``NASStageHook`` sets one; ``'search'``
-            without the hook means joint search from the first iteration
-            (T_B = 0). Defaults to ``'search'``.
-        **kwargs: Arguments of :class:`EncoderDecoder` (``backbone``,
-            ``decode_head``, ``data_preprocessor``...).
+        search_step (str, optional): ``'joint'`` or ``'alternate'``. None
+            picks ``'joint'`` for ``alpha_data='same'`` and ``'alternate'``
+            for ``'split'``. Defaults to None.
+        nas_stage (str): Stage until a plan is set; ``'search'`` without the
+            hook means search from the first iteration (T_B = 0). Defaults to
+            ``'search'``.
+        **kwargs: Arguments of :class:`AdapterEncoderDecoder` (``backbone``,
+            ``decode_head``, ``aux_loss``...).
     """
 
     def __init__(self,
@@ -91,7 +88,7 @@ class NASEncoderDecoder(EncoderDecoder):
                  alpha_interval: int = 1,
                  alpha_data: str = 'same',
                  alpha_split: float = 0.5,
-                 aux_loss: bool = True,
+                 search_step: Optional[str] = None,
                  nas_stage: str = 'search',
                  **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -101,49 +98,46 @@ class NASEncoderDecoder(EncoderDecoder):
             raise ValueError(f'alpha_data must be one of {list(ALPHA_DATA)}, got {alpha_data!r}.')
         if not 0. < alpha_split < 1.:
             raise ValueError(f'alpha_split must be in (0, 1), got {alpha_split}.')
+        if search_step is None:
+            search_step = 'joint' if alpha_data == 'same' else 'alternate'
+        if search_step not in SEARCH_STEPS:
+            raise ValueError(f'search_step must be one of {list(SEARCH_STEPS)}, '
+                             f'got {search_step!r}.')
+        if search_step == 'joint' and alpha_data == 'split':
+            raise ValueError("search_step='joint' takes α's gradient from the weights' batch; "
+                             "alpha_data='split' needs search_step='alternate'.")
         self.alpha_interval = int(alpha_interval)
         self.alpha_data = alpha_data
         self.alpha_split = float(alpha_split)
-        self.aux_loss = bool(aux_loss)
+        self.search_step = search_step
         self.nas_stage = nas_stage
-        # Only used when no runner publishes the iteration (direct calls).
-        self._local_iter = 0
 
+    # The plan ----------------------------------------------------------------
     @property
     def nas_stage(self) -> str:
-        """The training stage, one of :data:`NAS_STAGES`."""
-        return self._nas_stage
+        """The stage of the current plan, one of :data:`NAS_STAGES`."""
+        return self.step_plan.stage
 
     @nas_stage.setter
     def nas_stage(self, stage: str) -> None:
+        self.set_step_plan(stage, stage == 'search')
+
+    def set_step_plan(self, stage: str, step_alpha: bool) -> None:
+        """Set what the next training iterations do (``NASStageHook`` calls it)."""
         if stage not in NAS_STAGES:
             raise ValueError(f'nas_stage must be one of {list(NAS_STAGES)}, got {stage!r}.')
-        self._nas_stage = stage
+        self.step_plan = NASStepPlan(stage, bool(step_alpha) and stage == 'search')
 
     def arch_parameters(self) -> List[Tuple[str, nn.Parameter]]:
         """``(name, α)`` of every architecture parameter (shared ones once)."""
-        return [(n, p) for n, p in self.named_parameters() if n.endswith(ALPHA_MARKER)]
-
-    # Losses ---------------------------------------------------------------
-    def loss(self, inputs: torch.Tensor, data_samples: SampleList) -> dict:
-        """:meth:`EncoderDecoder.loss` plus ``loss_moe`` from the adapters.
-
-        The auxiliary loss is read inside the forward so that DDP sees the
-        gate parameters in the graph of the forward's output.
-        """
-        losses = super().loss(inputs, data_samples)
-        # Always read (and reset) so no stored loss keeps its graph alive.
-        aux = collect_aux_losses(self)
-        if self.aux_loss and aux is not None:
-            losses['loss_moe'] = aux
-        return losses
+        return arch_parameters(self)
 
     # Training step ----------------------------------------------------------
     def train_step(self,
                    data: Union[dict, tuple, list],
                    optim_wrapper: Union[OptimWrapper, OptimWrapperDict],
                    wrapper: Optional[nn.Module] = None) -> Dict[str, torch.Tensor]:
-        """One training iteration of the current :attr:`nas_stage`.
+        """One training iteration by the current :attr:`step_plan`.
 
         Args:
             data (dict | tuple | list): A batch from the dataloader.
@@ -154,51 +148,65 @@ class NASEncoderDecoder(EncoderDecoder):
                 gradients) and its ``optim_context`` is used. Defaults to None.
 
         Returns:
-            dict[str, Tensor]: Log variables, the α step's prefixed ``alpha.``.
+            dict[str, Tensor]: Log variables (the alternating α step's
+            prefixed ``alpha.``).
         """
         runner_model = self if wrapper is None else wrapper
         weights_ow, alpha_ow = self._unpack(optim_wrapper)
         alpha = [p for _, p in self.arch_parameters() if p.requires_grad]
+        if not alpha:
+            return self._update(runner_model, data, [weights_ow])
+        step_alpha = self.step_plan.step_alpha
+        if self.search_step == 'joint':
+            if step_alpha:
+                return self._update(runner_model, data, [alpha_ow, weights_ow])
+            return self._update(runner_model, data, [weights_ow], discard=alpha)
         alpha_ids = {id(p) for p in alpha}
         weights = [p for p in self.parameters() if p.requires_grad and id(p) not in alpha_ids]
-        iteration = self._current_iter()
-
-        weight_data = data
-        alpha_log: Dict[str, torch.Tensor] = OrderedDict()
-        if self.nas_stage != 'search':
+        if self.step_plan.stage != 'search':
             # α will not step in this stage: drop what a search window left
             # half-accumulated (with accumulative_counts > 1).
             for param in alpha:
                 param.grad = None
-        if alpha and self.nas_stage == 'search' and iteration % self.alpha_interval == 0:
+        weight_data = data
+        alpha_log: Dict[str, torch.Tensor] = OrderedDict()
+        if step_alpha:
             alpha_data = data
             if self.alpha_data == 'split':
                 alpha_data, weight_data = self._split_batch(data)
-            alpha_log = self._update(runner_model, alpha_data, alpha_ow, frozen=weights)
-        log_vars = self._update(runner_model, weight_data, weights_ow, frozen=alpha)
+            with _frozen(weights):
+                alpha_log = self._update(runner_model, alpha_data, [alpha_ow])
+        with _frozen(alpha):
+            log_vars = self._update(runner_model, weight_data, [weights_ow])
         log_vars.update((f'alpha.{k}', v) for k, v in alpha_log.items())
         return log_vars
 
     def _update(self, runner_model: nn.Module, data: Union[dict, tuple, list],
-                optim_wrapper: OptimWrapper, frozen: List[nn.Parameter]) -> Dict[str, torch.Tensor]:
-        """Forward, backward and step ``optim_wrapper`` with ``frozen`` frozen.
+                wrappers: Sequence[OptimWrapper],
+                discard: Iterable[nn.Parameter] = ()) -> Dict[str, torch.Tensor]:
+        """One forward and backward; at a window's end, step every wrapper.
 
-        The frozen group's gradients are left alone: ``requires_grad=False``
-        already keeps this step's backward out of them, and with
-        ``accumulative_counts > 1`` they are that group's own half-accumulated
-        gradients, which its next step still needs.
+        The last wrapper drives: its ``optim_context`` (autocast, DDP
+        ``no_sync`` inside an accumulation window), loss scaling and count.
+        The gradients of ``discard`` are dropped instead of stepped.
         """
-        with _frozen(frozen):
-            with optim_wrapper.optim_context(runner_model):
-                data = self.data_preprocessor(data, True)
-                losses = runner_model._run_forward(data, mode='loss')
-            parsed_losses, log_vars = self.parse_losses(losses)
-            optim_wrapper.update_params(parsed_losses)
+        lead = wrappers[-1]
+        with lead.optim_context(runner_model):
+            data = self.data_preprocessor(data, True)
+            losses = runner_model._run_forward(data, mode='loss')
+        parsed_losses, log_vars = self.parse_losses(losses)
+        lead.backward(lead.scale_loss(parsed_losses))
+        if lead.should_update():
+            for param in discard:
+                param.grad = None
+            _step_together(wrappers)
+            for wrapper in wrappers:
+                wrapper.zero_grad()
         return log_vars
 
     def _unpack(self, optim_wrapper: Union[OptimWrapper, OptimWrapperDict]
                 ) -> Tuple[OptimWrapper, Optional[OptimWrapper]]:
-        """``(weights, alpha)`` wrappers; checks they fit the model."""
+        """``(weights, alpha)`` wrappers; checks they fit the model and each other."""
         has_alpha = any(p.requires_grad for _, p in self.arch_parameters())
         if isinstance(optim_wrapper, OptimWrapperDict):
             unknown = sorted(set(optim_wrapper.keys()) - {'weights', 'alpha'})
@@ -216,14 +224,15 @@ class NASEncoderDecoder(EncoderDecoder):
                 f'{type(self).__name__} has architecture parameters (*{ALPHA_MARKER}) but the '
                 'optim wrapper has no `alpha` entry; use optim_wrapper=dict(constructor='
                 "'NASOptimWrapperConstructor', weights=dict(...), alpha=dict(...)).")
+        if has_alpha and self.search_step == 'joint':
+            counts = (alpha_ow._accumulative_counts, weights_ow._accumulative_counts)
+            if counts[0] != counts[1]:
+                raise ValueError(
+                    "search_step='joint' steps α and the weights after the same backward, so "
+                    'optim_wrapper.alpha and optim_wrapper.weights need the same '
+                    f'accumulative_counts, got {counts[0]} and {counts[1]}; set it once at the '
+                    "top level of optim_wrapper or use search_step='alternate'.")
         return weights_ow, alpha_ow
-
-    def _current_iter(self) -> int:
-        iteration = MessageHub.get_current_instance().get_info('iter')
-        if iteration is None:
-            iteration = self._local_iter
-            self._local_iter += 1
-        return int(iteration)
 
     def _split_batch(self, data: Union[dict, tuple, list]) -> Tuple[dict, dict]:
         """``(alpha_part, weights_part)`` of a collated batch."""
@@ -240,6 +249,33 @@ class NASEncoderDecoder(EncoderDecoder):
         alpha_part = {k: (v[:cut] if k in batched else v) for k, v in data.items()}
         weight_part = {k: (v[cut:] if k in batched else v) for k, v in data.items()}
         return alpha_part, weight_part
+
+
+def _step_together(wrappers: Sequence[OptimWrapper]) -> None:
+    """Step every wrapper after one backward.
+
+    Plain wrappers step one by one. AMP wrappers must share one loss scaler
+    (the backward was scaled by it once): each optimiser is unscaled, clipped
+    and stepped, then the scale is updated once, as ``GradScaler`` expects
+    for several optimisers. Stepping them one by one would update the scale
+    between the two unscales whenever it grows or backs off.
+    """
+    amp = [isinstance(w, AmpOptimWrapper) for w in wrappers]
+    if len(wrappers) == 1 or not any(amp):
+        for wrapper in wrappers:
+            wrapper.step()
+        return
+    scaler = wrappers[-1].loss_scaler
+    if not all(amp) or any(w.loss_scaler is not scaler for w in wrappers):
+        raise TypeError('the α and weight optim wrappers must both be AmpOptimWrappers sharing '
+                        "one loss scaler; build them with NASOptimWrapperConstructor (or "
+                        "tools/train.py --amp), which sets the type for both.")
+    for wrapper in wrappers:
+        scaler.unscale_(wrapper.optimizer)
+        if wrapper.clip_grad_kwargs:
+            wrapper._clip_grad()
+        scaler.step(wrapper.optimizer)
+    scaler.update(wrappers[-1]._scale_update_param)
 
 
 @contextlib.contextmanager

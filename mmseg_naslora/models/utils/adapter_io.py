@@ -20,7 +20,7 @@ import torch.nn as nn
 from mmengine.logging import print_log
 
 from ..adapters.inject import iter_adapters
-from ..adapters.nas_lora import ALPHA_MARKER
+from ..adapters.arch import is_arch_name
 
 FORMAT = 'mmseg_naslora.adapters'
 FORMAT_VERSION = '1'
@@ -132,7 +132,7 @@ def trainable_state_keys(model: nn.Module) -> List[str]:
         for sub, _ in list(adapter.named_parameters()) + list(adapter.named_buffers()):
             if not sub.startswith('base_layer.'):
                 keys.append(prefix + sub)
-    keys += [n for n, _ in model.named_parameters() if ALPHA_MARKER in n]
+    keys += [n for n, _ in model.named_parameters() if is_arch_name(n)]
     state = model.state_dict()
     return sorted(k for k in set(keys) if k in state)
 

@@ -1,30 +1,29 @@
-"""NASEncoderDecoder.train_step: stages, step counts, gradient isolation, data split."""
+"""NASEncoderDecoder.train_step: both search steps, stages, step counts, isolation, AMP, split."""
 import pytest
 import torch
 from conftest import TINY_ARCH, TINY_DECODER, TINY_WINDOW
 from mmengine.config import ConfigDict
-from mmengine.logging import MessageHub
-from mmengine.optim import OptimWrapper, OptimWrapperDict, build_optim_wrapper
+from mmengine.optim import AmpOptimWrapper, OptimWrapper, OptimWrapperDict, build_optim_wrapper
 from mmengine.structures import PixelData
 from mmseg.registry import MODELS
 from mmseg.structures import SegDataSample
 
 from mmseg_naslora.models.adapters.conv_lora import ConvLoRA
-from mmseg_naslora.models.adapters.nas_lora import ALPHA_MARKER
-from mmseg_naslora.models.segmentors.nas_encoder_decoder import NASEncoderDecoder
+from mmseg_naslora.models.adapters.arch import is_arch_name
+from mmseg_naslora.models.segmentors.nas_encoder_decoder import NASEncoderDecoder, _step_together
 
 SIZE = 64
 NAS_OPTIM = dict(
     constructor='NASOptimWrapperConstructor',
     weights=dict(type='OptimWrapper', optimizer=dict(type='AdamW', lr=1e-3, weight_decay=1e-4)),
     alpha=dict(type='OptimWrapper',
-               optimizer=dict(type='Adam', lr=1e-2, betas=(0.5, 0.999), weight_decay=1e-3)))
+               optimizer=dict(type='Adam', lr=1e-2, betas=(0.5, 0.999), weight_decay=0.)))
 
 
 def build_model(adapter=None, randomise_b=True, **kwargs) -> NASEncoderDecoder:
     torch.manual_seed(0)
     model = MODELS.build(dict(
-        type='NASEncoderDecoder',
+        type=kwargs.pop('type', 'NASEncoderDecoder'),
         data_preprocessor=dict(type='SegDataPreProcessor', mean=[123.675, 116.28, 103.53],
                                std=[58.395, 57.12, 57.375], bgr_to_rgb=True, pad_val=0,
                                seg_pad_val=255, size=(SIZE, SIZE)),
@@ -59,7 +58,7 @@ def make_batch(num=2, seed=0) -> dict:
 
 
 def alpha_params(model):
-    return [p for n, p in model.named_parameters() if n.endswith(ALPHA_MARKER)]
+    return [p for n, p in model.named_parameters() if is_arch_name(n)]
 
 
 def weight_params(model):
@@ -94,68 +93,64 @@ class StepSpy:
         return sum(c['name'] == name for c in self.calls)
 
 
-@pytest.fixture
-def hub():
-    """A fresh message hub, as the runner has, whose iteration we set."""
-    return MessageHub.get_instance('test_nas_encoder_decoder_hub')
+STEPS = ('joint', 'alternate')
 
 
-def run_steps(model, optim_wrapper, hub, iters):
+def run_steps(model, optim_wrapper, plans):
+    """Train one batch per ``(stage, step_alpha)`` plan, as NASStageHook drives it."""
     logs = []
-    for it in iters:
-        hub.update_info('iter', it)
+    for it, (stage, step_alpha) in enumerate(plans):
+        model.set_step_plan(stage, step_alpha)
         logs.append(model.train_step(make_batch(seed=it), optim_wrapper))
     return logs
 
 
+@pytest.mark.parametrize('search_step', STEPS)
 @pytest.mark.parametrize('stage', ['warmup', 'frozen'])
-def test_alpha_bitwise_unchanged_outside_search(hub, stage):
-    model = build_model()
+def test_alpha_bitwise_unchanged_outside_search(stage, search_step):
+    model = build_model(search_step=search_step)
     ow = build_optim_wrapper(model, NAS_OPTIM)
     spy = StepSpy(model, ow)
-    model.nas_stage = stage
     alpha0 = [p.detach().clone() for p in alpha_params(model)]
     weights0 = [p.detach().clone() for p in weight_params(model)]
-    logs = run_steps(model, ow, hub, range(3))
+    # step_alpha=True outside the search is ignored: the stage wins.
+    logs = run_steps(model, ow, [(stage, True)] * 3)
     assert all(torch.equal(a, p) for a, p in zip(alpha0, alpha_params(model)))
     assert spy.count('weights') == 3 and spy.count('alpha') == 0
-    # Adam never ran on α: no state, so weight decay never touched it.
+    # Adam never ran on α: no state, so no update of any kind touched it.
     assert not ow['alpha'].optimizer.state
     assert any(not torch.equal(w, p) for w, p in zip(weights0, weight_params(model)))
     assert not any(k.startswith('alpha.') for k in logs[-1])
-    # α's requires_grad is restored after each step.
     assert all(p.requires_grad for p in alpha_params(model))
+    assert all(p.grad is None for p in alpha_params(model))
 
 
-@pytest.mark.parametrize('interval, iters, expected_alpha', [(1, range(4), 4),
-                                                             (2, range(4), 2),
-                                                             (3, range(5, 12), 2)])
-def test_search_step_counts_follow_alpha_interval(hub, interval, iters, expected_alpha):
-    model = build_model(alpha_interval=interval)
+@pytest.mark.parametrize('search_step', STEPS)
+def test_alpha_steps_exactly_where_the_plan_says(search_step):
+    model = build_model(search_step=search_step)
     ow = build_optim_wrapper(model, NAS_OPTIM)
     spy = StepSpy(model, ow)
-    model.nas_stage = 'search'
+    plans = [('search', True), ('search', False), ('search', True), ('warmup', False),
+             ('search', True)]
     alpha0 = [p.detach().clone() for p in alpha_params(model)]
-    logs = run_steps(model, ow, hub, iters)
-    assert spy.count('weights') == len(iters)
-    assert spy.count('alpha') == expected_alpha
-    # The α step comes first in its iteration.
+    logs = run_steps(model, ow, plans)
+    assert spy.count('weights') == len(plans)
+    assert spy.count('alpha') == 3
     expected = []
-    for it in iters:
-        expected += (['alpha'] if it % interval == 0 else []) + ['weights']
+    for _, step_alpha in plans:
+        expected += (['alpha'] if step_alpha else []) + ['weights']
     assert [c['name'] for c in spy.calls] == expected
     assert all(not torch.equal(a, p) for a, p in zip(alpha0, alpha_params(model)))
-    with_alpha = [log for it, log in zip(iters, logs) if it % interval == 0]
-    assert all({'alpha.loss', 'alpha.decode.loss_ce', 'loss', 'decode.loss_ce'} <= set(log)
-               for log in with_alpha)
+    assert all({'loss', 'decode.loss_ce'} <= set(log) for log in logs)
+    # Only the alternating step has a loss of its own for α.
+    assert ('alpha.loss' in logs[0]) is (search_step == 'alternate')
 
 
-def test_gradient_isolation_between_steps(hub):
-    model = build_model()
+def test_alternate_step_isolates_the_gradients():
+    model = build_model(search_step='alternate')
     ow = build_optim_wrapper(model, NAS_OPTIM)
     spy = StepSpy(model, ow)
-    model.nas_stage = 'search'
-    run_steps(model, ow, hub, range(3))
+    run_steps(model, ow, [('search', True)] * 3)
     for call in spy.calls:
         if call['name'] == 'alpha':
             assert all(g is None for g in call['weight_grads'])
@@ -167,32 +162,136 @@ def test_gradient_isolation_between_steps(hub):
             assert sum(g is not None for g in call['weight_grads']) > 0
 
 
-def test_first_order_darts_update_matches_manual_steps(hub):
-    """One search iteration equals Adam on α's loss, then AdamW on the weights' loss."""
-    model, reference = build_model(), build_model()
+def test_joint_step_is_one_backward_that_feeds_both_optimisers():
+    model = build_model(search_step='joint')
     ow = build_optim_wrapper(model, NAS_OPTIM)
-    model.nas_stage = 'search'
-    batch = make_batch(seed=3)
-    hub.update_info('iter', 0)
-    model.train_step(batch, ow)
+    spy = StepSpy(model, ow)
+    forwards = []
+    forward = model._run_forward
+    model._run_forward = lambda data, mode: forwards.append(mode) or forward(data, mode)
+    run_steps(model, ow, [('search', True)] * 2 + [('warmup', False)])
+    assert forwards == ['loss'] * 3
+    assert [c['name'] for c in spy.calls] == ['alpha', 'weights'] * 2 + ['weights']
+    for call in spy.calls[:4]:
+        # Both optimisers see the gradients of the same backward, all present.
+        assert all(g is not None for g in call['alpha_grads'] + call['weight_grads'])
+        assert any(g.abs().sum() > 0 for g in call['alpha_grads'])
+    # In the warm-up α is still in the graph (DDP needs no find_unused_parameters)
+    # but its gradient is dropped before the weights step.
+    assert all(g is None for g in spy.calls[-1]['alpha_grads'])
+    assert all(spy.calls[-1]['alpha_requires_grad'])
 
+
+def manual_reference(search_step):
+    """One search iteration by hand: (α, weights) after Adam on α and AdamW on the weights."""
+    reference = build_model()
     alpha, weights = alpha_params(reference), weight_params(reference)
-    opt_a = torch.optim.Adam(alpha, lr=1e-2, betas=(0.5, 0.999), weight_decay=1e-3)
+    opt_a = torch.optim.Adam(alpha, lr=1e-2, betas=(0.5, 0.999), weight_decay=0.)
     opt_w = torch.optim.AdamW(weights, lr=1e-3, weight_decay=1e-4)
-    for params, opt in ((alpha, opt_a), (weights, opt_w)):
-        data = reference.data_preprocessor(make_batch(seed=3), True)
+
+    def grads(params):
+        data = reference.data_preprocessor(make_batch(seed=0), True)
         loss, _ = reference.parse_losses(reference.loss(**data))
-        grads = torch.autograd.grad(loss, params, allow_unused=True)
-        for p, g in zip(params, grads):
+        for p, g in zip(params, torch.autograd.grad(loss, params, allow_unused=True)):
             p.grad = g
-        opt.step()
-        opt.zero_grad()
+
+    if search_step == 'joint':
+        grads(alpha + weights)  # both at (w_t, α_t)
+        opt_a.step()
+        opt_w.step()
+    else:
+        grads(alpha)
+        opt_a.step()
+        grads(weights)  # at (w_t, α_{t+1})
+        opt_w.step()
+    return reference
+
+
+@pytest.mark.parametrize('search_step', STEPS)
+def test_search_iteration_matches_first_order_darts_by_hand(search_step):
+    model = build_model(search_step=search_step)
+    ow = build_optim_wrapper(model, NAS_OPTIM)
+    run_steps(model, ow, [('search', True)])
+    reference = manual_reference(search_step)
     for (name, p), q in zip(model.named_parameters(), reference.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)
+    # The two forms differ only in the weights' step (by O(lr_α)).
+    other = manual_reference('alternate' if search_step == 'joint' else 'joint')
+    for a, b in zip(alpha_params(model), alpha_params(other)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert any(not torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+               for a, b in zip(weight_params(model), weight_params(other)))
 
 
-def test_split_batch_gives_alpha_a_held_out_part(hub):
+@pytest.mark.parametrize('search_step', STEPS)
+def test_gradient_accumulation_steps_both_groups_once_per_window(search_step):
+    model = build_model(search_step=search_step)
+    ow = build_optim_wrapper(model, dict(NAS_OPTIM, accumulative_counts=2))
+    spy = StepSpy(model, ow)
+    run_steps(model, ow, [('search', True)] * 4)
+    assert spy.count('weights') == 2 and spy.count('alpha') == 2
+    if search_step == 'joint':
+        # The window's gradient: the sum of both halves' (scaled) gradients.
+        first = spy.calls[0]['alpha_grads'][0]
+        single = build_model(search_step='joint')
+        data = single.data_preprocessor(make_batch(seed=0), True)
+        loss0, _ = single.parse_losses(single.loss(**data))
+        data = single.data_preprocessor(make_batch(seed=1), True)
+        loss1, _ = single.parse_losses(single.loss(**data))
+        expected = torch.autograd.grad((loss0 + loss1) / 2, alpha_params(single)[0])[0]
+        torch.testing.assert_close(first, expected, rtol=1e-4, atol=1e-7)
+
+
+def test_joint_step_needs_equal_accumulation():
+    model = build_model(search_step='joint')
+    cfg = dict(NAS_OPTIM, weights=dict(NAS_OPTIM['weights'], accumulative_counts=2))
+    ow = build_optim_wrapper(model, cfg)
+    with pytest.raises(ValueError, match='same accumulative_counts, got 1 and 2'):
+        run_steps(model, ow, [('search', True)])
+    # The alternating step accumulates each group on its own.
+    model = build_model(search_step='alternate')
+    run_steps(model, build_optim_wrapper(model, cfg), [('search', True)])
+
+
+class _CPUAmpWrapper(AmpOptimWrapper):
+    """mmengine's AmpOptimWrapper with a CPU GradScaler (it refuses to build without CUDA)."""
+
+    def __init__(self, optimizer, scaler):
+        OptimWrapper.__init__(self, optimizer)
+        self._scale_update_param = None
+        self.loss_scaler = scaler
+        self.cast_dtype = None
+
+
+@pytest.mark.parametrize('poison', [False, True])
+def test_amp_wrappers_share_one_scale_update(poison):
+    """Both optimisers are unscaled by the scale of the backward; the scale updates once."""
+    torch.manual_seed(0)
+    a, w = torch.nn.Parameter(torch.randn(4)), torch.nn.Parameter(torch.randn(4))
+    ref_a, ref_w = a.detach().clone(), w.detach().clone()
+    scaler = torch.amp.GradScaler('cpu', init_scale=2.**4, growth_interval=1)
+    wrappers = [_CPUAmpWrapper(torch.optim.SGD([a], lr=0.1), scaler),
+                _CPUAmpWrapper(torch.optim.SGD([w], lr=0.1), scaler)]
+    loss = (a * w).sum() * (float('inf') if poison else 1.)
+    wrappers[-1].backward(loss)
+    _step_together(wrappers)
+    if poison:  # an overflow skips both steps and backs the scale off once
+        assert torch.equal(a.detach(), ref_a) and torch.equal(w.detach(), ref_w)
+        assert scaler.get_scale() == 2.**3
+    else:  # the true gradients, then one growth step
+        torch.testing.assert_close(a.detach(), ref_a - 0.1 * ref_w)
+        torch.testing.assert_close(w.detach(), ref_w - 0.1 * ref_a)
+        assert scaler.get_scale() == 2.**5
+    separate = [_CPUAmpWrapper(torch.optim.SGD([a], lr=0.1), scaler),
+                _CPUAmpWrapper(torch.optim.SGD([w], lr=0.1),
+                               torch.amp.GradScaler('cpu'))]
+    with pytest.raises(TypeError, match='sharing one loss scaler'):
+        _step_together(separate)
+
+
+def test_split_batch_gives_alpha_a_held_out_part():
     model = build_model(alpha_data='split', alpha_split=0.25)
+    assert model.search_step == 'alternate'
     ow = build_optim_wrapper(model, NAS_OPTIM)
     seen = []
     forward = model._run_forward
@@ -202,32 +301,31 @@ def test_split_batch_gives_alpha_a_held_out_part(hub):
         return forward(data, mode)
 
     model._run_forward = record
-    model.nas_stage = 'search'
-    hub.update_info('iter', 0)
+    model.set_step_plan('search', True)
     model.train_step(make_batch(num=4), ow)
     assert seen == [1, 3]  # α: the first quarter; weights: the rest
-    model.nas_stage = 'warmup'
+    model.set_step_plan('warmup', False)
     seen.clear()
     model.train_step(make_batch(num=4), ow)
     assert seen == [4]  # no α step: the weights get the whole batch
-    model.nas_stage = 'search'
+    model.set_step_plan('search', True)
     with pytest.raises(ValueError, match='at least 2 samples'):
         model.train_step(make_batch(num=1), ow)
 
 
-def test_alpha_free_model_with_plain_wrapper(hub):
+def test_alpha_free_model_with_plain_wrapper():
     model = build_model(adapter=dict(type='LoRA', rank=3))
     ow = build_optim_wrapper(model, NAS_OPTIM)
     assert type(ow) is OptimWrapper
     spy = StepSpy(model, ow)
     weights0 = [p.detach().clone() for p in weight_params(model)]
-    logs = run_steps(model, ow, hub, range(2))
+    logs = run_steps(model, ow, [('search', True)] * 2)
     assert spy.count('weights') == 2
     assert not any(k.startswith('alpha.') for k in logs[-1])
     assert any(not torch.equal(w, p) for w, p in zip(weights0, weight_params(model)))
 
 
-def test_nas_model_needs_the_alpha_wrapper(hub):
+def test_nas_model_needs_the_alpha_wrapper():
     model = build_model()
     plain = build_optim_wrapper(model, dict(type='OptimWrapper',
                                             optimizer=dict(type='AdamW', lr=1e-3)))
@@ -237,11 +335,12 @@ def test_nas_model_needs_the_alpha_wrapper(hub):
         model.train_step(make_batch(), OptimWrapperDict(generator=plain))
 
 
+@pytest.mark.parametrize('segmentor', ['AdapterEncoderDecoder', 'NASEncoderDecoder'])
 @pytest.mark.parametrize('aux_loss', [True, False])
-def test_conv_lora_balance_loss_is_added(hub, aux_loss):
-    model = build_model(adapter=dict(type='ConvLoRA', rank=3), aux_loss=aux_loss)
+def test_conv_lora_balance_loss_is_added(segmentor, aux_loss):
+    model = build_model(adapter=dict(type='ConvLoRA', rank=3), aux_loss=aux_loss,
+                        type=segmentor)
     ow = build_optim_wrapper(model, NAS_OPTIM)
-    hub.update_info('iter', 0)
     log = model.train_step(make_batch(), ow)
     assert ('loss_moe' in log) is aux_loss
     if aux_loss:
@@ -260,9 +359,16 @@ def test_bad_options_and_stock_val_step():
         build_model(alpha_data='heldout')
     with pytest.raises(ValueError, match='alpha_split'):
         build_model(alpha_split=1.)
+    with pytest.raises(ValueError, match='search_step'):
+        build_model(search_step='bilevel')
+    with pytest.raises(ValueError, match="needs search_step='alternate'"):
+        build_model(search_step='joint', alpha_data='split')
     model = build_model()
+    assert model.search_step == 'joint' and model.step_plan == ('search', True)
     with pytest.raises(ValueError, match='nas_stage'):
         model.nas_stage = 'discretise'
+    model.nas_stage = 'warmup'
+    assert model.step_plan == ('warmup', False)
     model.eval()
     outputs = model.val_step(make_batch(num=1))
     assert outputs[0].pred_sem_seg.data.shape == (1, SIZE, SIZE)
