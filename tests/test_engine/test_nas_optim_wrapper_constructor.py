@@ -260,9 +260,9 @@ def test_dict_param_schedulers_drive_each_wrapper(tmp_path):
     weights_lr = [w for w, _ in lrs]
     alpha_lr = [a for _, a in lrs]
     # Weights: LinearLR 0.1 -> 1 (mmengine reaches the end factor at end - 1);
-    # α: halved from iteration 3 on.
+    # α (2e-3 in schedule_nas_2k): halved from iteration 3 on.
     assert weights_lr == pytest.approx([1e-4, 4e-4, 7e-4, 1e-3])
-    assert alpha_lr == pytest.approx([1e-3, 1e-3, 1e-3, 5e-4])
+    assert alpha_lr == pytest.approx([2e-3, 2e-3, 2e-3, 1e-3])
     assert osp.isfile(osp.join(cfg.work_dir, 'iter_4.pth'))
 
 

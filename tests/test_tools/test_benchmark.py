@@ -66,8 +66,11 @@ def test_quick_run_values_are_consistent(quick):
     params = {k: r['trainable_params'] for k, r in rows.items()}
     assert params['frozen'] < params['lora'] < params['full']
     assert all((rows[k]['alpha_params'] > 0) == k.startswith('nas') for k in rows)
-    # Stage 2 adds an α forward/backward to every step.
-    assert rows['nas_lora_s2']['flops_per_step'] > 1.5 * rows['nas_lora_s1']['flops_per_step']
+    # The joint stage-2 step is one forward/backward, as stage 1; the alternating one adds
+    # an α forward/backward.
+    flops = {k: r['flops_per_step'] for k, r in rows.items()}
+    assert flops['nas_lora_s2'] == pytest.approx(flops['nas_lora_s1'], rel=0.05)
+    assert flops['nas_lora_s2_alt'] > 1.5 * flops['nas_lora_s1']
     # Exports: folding and collapsing are exact, top-k is an approximation.
     assert rows['lora']['export_mode'] == 'fold'
     assert rows['lora']['export_max_abs_diff'] < 1e-4

@@ -79,7 +79,7 @@ class NASAlphaLoggerHook(Hook):
         layers = arch_layers(model)
         for handle in self._handles:
             handle.remove()
-        self._handles, self._grads = [], {}
+        self._handles, self._grads, self._snr = [], {}, None
         if not layers:
             return
         for layer in layers:
