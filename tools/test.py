@@ -55,6 +55,10 @@ def main() -> None:
             evaluator.update(output_dir=args.out, keep_results=True)
     init_cpu_distributed(cfg, args.launcher)
     Runner.from_cfg(cfg).test()
+    # gloo/NCCL threads still running at interpreter exit abort the process
+    # (SIGABRT, "terminate called without an active exception") after a good run.
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == '__main__':
