@@ -6,11 +6,11 @@ from typing import Dict, Optional
 import torch
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
-from mmengine.model import is_model_wrapper
 from mmseg.registry import HOOKS
 
 from ...models.utils.adapter_io import (adapter_state_dict, describe_model,
                                         load_adapters, save_adapters)
+from ...utils.model import unwrap_model
 
 
 @HOOKS.register_module()
@@ -55,7 +55,7 @@ class AdapterCheckpointHook(Hook):
     @staticmethod
     def _target(runner):
         """The module mmengine saves and loads (a DDP wrapper's ``module``)."""
-        return runner.model.module if is_model_wrapper(runner.model) else runner.model
+        return unwrap_model(runner.model)
 
     def _model(self, runner):
         """The segmentor itself (inside a ``SegTTAModel`` too)."""

@@ -3,10 +3,10 @@ from typing import Iterator, Optional
 
 from mmengine.dataset import ConcatDataset, RepeatDataset
 from mmengine.hooks import Hook
-from mmengine.model import is_model_wrapper
 from mmseg.registry import HOOKS
 
 from ...datasets.sample_check import check_samples
+from ...utils.model import unwrap_model
 
 
 def _leaf_datasets(dataset) -> Iterator:
@@ -48,7 +48,7 @@ class StartupCheckHook(Hook):
 
     @staticmethod
     def _model(runner):
-        return runner.model.module if is_model_wrapper(runner.model) else runner.model
+        return unwrap_model(runner.model)
 
     def before_train(self, runner) -> None:
         self._check_input_size(runner)
