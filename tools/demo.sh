@@ -36,7 +36,8 @@ run() {  # run NAME SCHEDULER_KEY [OPTIONS...]: train NAME_..., then evaluate it
     local name="$1" sched="$2" dir="$WORK_DIR/$1"
     local cfg="$CONFIGS/${name}_litemedsam_1xb4-150_kvasir-128x128.py"
     shift 2
-    "$PY" "$ROOT/tools/train.py" "$cfg" --data-root "$DATA_ROOT" --work-dir "$dir" \
+    # --overwrite: the demo always trains from scratch, also on a second `make demo`.
+    "$PY" "$ROOT/tools/train.py" "$cfg" --data-root "$DATA_ROOT" --work-dir "$dir" --overwrite \
         --cfg-options train_cfg.max_iters="$ITERS" train_cfg.val_interval="$ITERS" \
         default_hooks.checkpoint.interval="$ITERS" default_hooks.logger.interval="$WARMUP" \
         "$sched.0.end=$WARMUP" "$sched.1.begin=$WARMUP" \

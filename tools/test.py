@@ -1,7 +1,10 @@
 """Test (and evaluate) a checkpoint: ``python tools/test.py CONFIG CHECKPOINT``.
 
-CHECKPOINT is a training checkpoint (``.pth``) or an adapter-only file
-(``adapters.safetensors``), which is loaded onto the config's base SAM weights.
+CHECKPOINT is a training checkpoint (``.pth``), an adapter-only file
+(``adapters.safetensors``), which is loaded onto the config's base SAM weights,
+or a work dir, whose newest checkpoint is tested. ``.pth`` files load with
+``weights_only=True`` and the allow-list of the types mmengine writes
+(``--trust-checkpoint`` opts in to full pickle for a trusted file).
 """
 import argparse
 import os.path as osp
@@ -11,6 +14,7 @@ from mmengine.runner import Runner
 
 import mmseg_naslora  # noqa: F401  (registers modules and the checkpoint loader fix)
 from mmseg_naslora.engine.reliability_defaults import add_reliability_hooks
+from mmseg_naslora.engine.work_dir import find_latest_checkpoint
 from mmseg_naslora.utils.cli import add_common_args, init_cpu_distributed, load_config
 from mmseg_naslora.utils.cpu_allocator import tune_cpu_allocator
 
@@ -21,7 +25,8 @@ MASK_WRITERS = ('IoUMetric', 'ForegroundIoUMetric')
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='Test (and evaluate) a segmentor')
     parser.add_argument('config', help='test config file path')
-    parser.add_argument('checkpoint', help='checkpoint (.pth) or adapter file (.safetensors)')
+    parser.add_argument('checkpoint', help='checkpoint (.pth), adapter file (.safetensors) '
+                        'or a work dir (its newest checkpoint)')
     parser.add_argument('--out', help='directory to save predicted masks for offline evaluation')
     parser.add_argument('--show-dir', help='directory where painted predictions are saved')
     parser.add_argument('--tta', action='store_true', help='test-time augmentation')
@@ -29,14 +34,37 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
+def resolve_checkpoint(path: str) -> str:
+    """``path`` itself, or the newest checkpoint of the work dir ``path``.
+
+    A work dir without ``iter_*.pth``/``epoch_*.pth`` falls back to its
+    ``adapters.safetensors``.
+    """
+    if osp.isdir(path):
+        found = find_latest_checkpoint(path)
+        adapters = osp.join(path, 'adapters.safetensors')
+        if found is None and osp.isfile(adapters):
+            found = adapters
+        if found is None:
+            raise SystemExit(
+                f'checkpoint {path!r} is a directory without checkpoints (no iter_*.pth, '
+                'epoch_*.pth, last_checkpoint or adapters.safetensors in it); pass a '
+                'checkpoint file, e.g. WORK_DIR/iter_N.pth, or the work dir of a run that '
+                'saved one.')
+        print(f'tools/test.py: {path} is a directory; testing its newest checkpoint {found}',
+              flush=True)
+        return found
+    if not osp.isfile(path):
+        raise SystemExit(f'checkpoint {path!r} does not exist.')
+    return path
+
+
 def main() -> None:
     args = parse_args()
     if not torch.cuda.is_available():
         tune_cpu_allocator()
     cfg = load_config(args)
-    if not osp.isfile(args.checkpoint):
-        raise SystemExit(f'checkpoint {args.checkpoint!r} does not exist.')
-    cfg.load_from = args.checkpoint
+    cfg.load_from = resolve_checkpoint(args.checkpoint)
     add_reliability_hooks(cfg)
     if args.show_dir:  # every test image, not mmseg's default of one in 50
         cfg.default_hooks.visualization.update(draw=True, interval=1)

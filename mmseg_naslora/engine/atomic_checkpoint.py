@@ -5,17 +5,17 @@ pickled bytes, so a crash, a full disk or a kill during the write leaves a
 truncated ``iter_N.pth``/``best_*.pth`` that ``--resume`` then fails on. Here
 the name ``save_checkpoint`` that :meth:`mmengine.runner.Runner.save_checkpoint`
 calls (and only that name, in ``mmengine.runner.runner``) is replaced by a
-version that writes local files to a temporary file in the same folder, fsyncs
-it and moves it into place with ``os.replace`` (atomic on POSIX and Windows).
-Other storage backends (``s3://``, ``pavi://``...) keep mmengine's code.
+version that writes local files with
+:func:`mmseg_naslora.engine.atomic_io.atomic_torch_save` (temp file, fsync,
+``os.replace``; a full disk is reported naming the file). Other storage
+backends (``s3://``, ``pavi://``...) keep mmengine's code.
 """
-import os
-import os.path as osp
 from typing import Optional
 
 import mmengine.runner.runner as _runner_module
-import torch
 from mmengine.fileio import LocalBackend, get_file_backend
+
+from .atomic_io import atomic_torch_save
 
 _mmengine_save_checkpoint = _runner_module.save_checkpoint
 
@@ -29,18 +29,7 @@ def atomic_save_checkpoint(checkpoint: dict, filename: str,
         return _mmengine_save_checkpoint(checkpoint, filename,
                                          file_client_args=file_client_args,
                                          backend_args=backend_args)
-    folder = osp.dirname(osp.abspath(filename))
-    os.makedirs(folder, exist_ok=True)
-    tmp = osp.join(folder, f'.{osp.basename(filename)}.tmp{os.getpid()}')
-    try:
-        with open(tmp, 'wb') as f:
-            torch.save(checkpoint, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, filename)
-    finally:
-        if osp.exists(tmp):
-            os.remove(tmp)
+    atomic_torch_save(checkpoint, filename)
 
 
 _runner_module.save_checkpoint = atomic_save_checkpoint

@@ -14,9 +14,11 @@ import copy
 from mmengine.config import Config
 
 RELIABILITY_HOOKS = dict(
+    work_dir_guard=dict(type='WorkDirGuardHook'),
     startup_check=dict(type='StartupCheckHook', num_samples=8),
     nonfinite_loss=dict(type='NonFiniteLossHook'),
     adapter_checkpoint=dict(type='AdapterCheckpointHook'),
+    resume_lr=dict(type='ResumeLrHook'),
 )
 
 

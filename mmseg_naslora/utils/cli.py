@@ -18,11 +18,23 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
                         default='none', help='job launcher')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    parser.add_argument('--trust-checkpoint', action='store_true',
+                        help='load .pth training checkpoints with full pickle (runs code '
+                        'stored in the file): only for files you trust; by default they '
+                        'load with weights_only=True and the types mmengine writes')
+
+
+def apply_trust_checkpoint(args: argparse.Namespace) -> None:
+    """``--trust-checkpoint``: opt in to full unpickling for this process (and its ranks)."""
+    if getattr(args, 'trust_checkpoint', False):
+        from mmseg_naslora.engine.checkpoint_loader import TRUST_ENV
+        os.environ[TRUST_ENV] = '1'
 
 
 def load_config(args: argparse.Namespace) -> Config:
     """Read ``args.config`` and apply the common arguments to it."""
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    apply_trust_checkpoint(args)
     cfg = Config.fromfile(args.config)
     cfg.launcher = args.launcher
     if args.cfg_options is not None:

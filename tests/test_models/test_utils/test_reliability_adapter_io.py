@@ -10,6 +10,7 @@ from mmengine.runner.checkpoint import CheckpointLoader
 from mmseg.registry import MODELS
 
 import mmseg_naslora  # noqa: F401  (registers modules and the checkpoint loader)
+from mmseg_naslora.engine import atomic_io
 from mmseg_naslora.models.utils import adapter_io
 from mmseg_naslora.models.utils.adapter_io import (adapter_state_dict, load_adapters,
                                                    read_adapters, save_adapters,
@@ -18,8 +19,8 @@ from mmseg_naslora.models.utils.adapter_io import (adapter_state_dict, load_adap
 
 @pytest.fixture(autouse=True)
 def hash_cache(tmp_path, monkeypatch):
-    monkeypatch.setattr(adapter_io, '_HASH_CACHE_FILE', str(tmp_path / 'sha256.json'))
-    monkeypatch.setattr(adapter_io, '_HASH_CACHE', {})
+    monkeypatch.setattr(atomic_io, '_HASH_CACHE_FILE', str(tmp_path / 'sha256.json'))
+    monkeypatch.setattr(atomic_io, '_HASH_CACHE', {})
 
 
 def model_cfg(sam_path, adapter=None):
@@ -145,11 +146,11 @@ def test_checkpoint_loader_reads_safetensors_without_pickle(tmp_path, official_s
 def test_sha256_is_cached(tmp_path, official_sam, monkeypatch):
     _, sam_path = official_sam
     digest = sha256_file(sam_path)
-    monkeypatch.setattr(adapter_io, '_HASH_CACHE', {})  # only the disk cache is left
+    monkeypatch.setattr(atomic_io, '_HASH_CACHE', {})  # only the disk cache is left
 
     def no_read(*args, **kwargs):
         raise AssertionError('the file must not be hashed again')
-    monkeypatch.setattr(adapter_io.hashlib, 'sha256', no_read)
+    monkeypatch.setattr(atomic_io.hashlib, 'sha256', no_read)
     assert sha256_file(sam_path) == digest
 
 
