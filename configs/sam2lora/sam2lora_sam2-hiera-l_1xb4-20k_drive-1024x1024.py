@@ -37,8 +37,9 @@ train_dataloader = dict(batch_size=4, dataset=dict(dataset=dict(pipeline=train_p
 val_dataloader = dict(dataset=dict(pipeline=test_pipeline))
 test_dataloader = val_dataloader
 val_evaluator = [
-    dict(type='ForegroundIoUMetric', iou_metrics=['mIoU', 'mDice']),
-    dict(type='AUCMetric'),
+    # SAM2LoRA's table: its code averages per-image Dice (0 if empty) and roc_auc_score.
+    dict(type='ForegroundIoUMetric', iou_metrics=['mIoU', 'mDice'], convention='sam2lora'),
+    dict(type='AUCMetric', convention='sam2lora'),
 ]
 test_evaluator = val_evaluator
 # The SAM2LoRA reference trains with AdamW, lr 1e-4, weight decay 3e-4.

@@ -8,7 +8,8 @@ train_dataloader = dict(dataset=dict(dataset=dict(type=dataset_type, data_root=d
 val_dataloader = dict(dataset=dict(type=dataset_type, data_root=data_root))
 test_dataloader = val_dataloader
 val_evaluator = [
-    dict(type='ForegroundIoUMetric', iou_metrics=['mIoU', 'mDice']),
-    dict(type='AUCMetric', num_bins=10000),
+    # SAM2LoRA's table: its code averages per-image Dice (0 if empty) and roc_auc_score.
+    dict(type='ForegroundIoUMetric', iou_metrics=['mIoU', 'mDice'], convention='sam2lora'),
+    dict(type='AUCMetric', convention='sam2lora', num_bins=10000),
 ]
 test_evaluator = val_evaluator

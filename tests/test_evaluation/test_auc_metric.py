@@ -81,3 +81,49 @@ def test_undefined_auc_and_missing_scores():
                                  gt_sem_seg=dict(data=torch.zeros(1, 2, 2)))])
     with pytest.raises(ValueError, match='num_bins'):
         AUCMetric(num_bins=1)
+
+
+def vessel_like_set(seed=2, n=5, size=(24, 32)):
+    """Per-image scores of different quality, so per-image and pooled AUC differ."""
+    rng = np.random.default_rng(seed)
+    pairs = []
+    for i in range(n):
+        label = rng.random(size) < 0.1 + 0.05 * i
+        # Image i separates better, and its scores are shifted by i / 10.
+        score = np.clip(0.1 * i + (0.2 + 0.1 * i) * label + 0.5 * rng.random(size), 0, 1)
+        pairs.append((score[None].astype(np.float32), label.astype(np.int64)))
+    return pairs
+
+
+def test_per_image_average_matches_sklearn_roc_auc_score():
+    from sklearn.metrics import roc_auc_score
+    pairs = vessel_like_set()
+    # SAM2LoRA: roc_auc_score of each flattened image, then the mean.
+    per_img = np.mean([roc_auc_score(gt.ravel(), score[0].ravel()) for score, gt in pairs])
+    ours = run_metric(pairs, convention='sam2lora')
+    assert ours == pytest.approx(100 * per_img, abs=0.005)
+    assert run_metric(pairs, average='image') == ours
+    # The default pools the pixels: roc_auc_score of the concatenation.
+    pooled = roc_auc_score(np.concatenate([gt.ravel() for _, gt in pairs]),
+                           np.concatenate([score.ravel() for score, _ in pairs]))
+    assert run_metric(pairs) == pytest.approx(100 * pooled, abs=0.005)
+    assert abs(per_img - pooled) > 0.01  # the set is built so that the two differ
+    # Binned per image: within the bins' error of the exact value.
+    assert run_metric(pairs, convention='sam2lora', num_bins=10000) == pytest.approx(
+        100 * per_img, abs=0.05)
+
+
+def test_per_image_leaves_one_class_images_out():
+    from sklearn.metrics import roc_auc_score
+    pairs = vessel_like_set(n=2)
+    empty = (np.full((1, 24, 32), 0.3, np.float32), np.zeros((24, 32), np.int64))
+    # scikit-learn has no AUC for it (older versions raise, newer ones warn and give NaN).
+    with pytest.warns(Warning, match='one class'):
+        assert math.isnan(roc_auc_score(empty[1].ravel(), empty[0].ravel()))
+    expected = np.mean([roc_auc_score(gt.ravel(), s[0].ravel()) for s, gt in pairs])
+    assert run_metric(pairs + [empty], average='image') == pytest.approx(100 * expected, abs=0.005)
+    assert math.isnan(run_metric([empty], average='image'))
+    with pytest.raises(ValueError, match='convention'):
+        AUCMetric(convention='drive')
+    with pytest.raises(ValueError, match='average'):
+        AUCMetric(average='pixel')

@@ -150,3 +150,81 @@ def test_errors():
         foreground_probability(torch.zeros(1, 2, 2), 'softmax')
     with pytest.raises(ValueError, match='foreground_index=3'):
         foreground_probability(torch.zeros(2, 2, 2), 'auto', 3)
+
+
+def autogluon_reference(probs, gts):
+    """AutoGluon's Conv-LoRA recipe, through pysodmetrics.
+
+    ``FM_Pred`` & co. feed ``prob * 255`` as floats and ``label * 255`` to
+    the MATLAB-style ``prepare_data`` (``/255``, min-max unless constant),
+    and build ``WeightedFmeasure`` with its default ``beta=0.3`` (beta^2).
+    """
+    sm, wfm = py_sod_metrics.Smeasure(), py_sod_metrics.WeightedFmeasure(beta=0.3)
+    em, mae = py_sod_metrics.Emeasure(), py_sod_metrics.MAE()
+    for p, g in zip(probs, gts):
+        for m in (sm, wfm, em, mae):
+            m.step(np.asarray(p, np.float64) * 255, (g == 1) * 255.)
+    curve = em.get_results()['em']['curve']
+    return dict(Smeasure=sm.get_results()['sm'],
+                wFmeasure=wfm.get_results()['wfm'],
+                meanEmeasure=curve.mean(), maxEmeasure=curve.max(),
+                adpEmeasure=em.get_results()['em']['adp'],
+                MAE=mae.get_results()['mae'])
+
+
+def test_autogluon_convention_matches_pysodmetrics_with_beta2_0_3():
+    gts, fg_logits = blobs(n=20, size=32, seed=3)
+    # float32, as the seg_logits the metric reads
+    probs = [(1 / (1 + np.exp(-l))).astype(np.float32) for l in fg_logits]
+    samples = [sample(p[None], g) for p, g in zip(probs, gts)]
+    ours = run(SODMetric(metrics=ALL, convention='autogluon'), samples)
+    ref = autogluon_reference(probs, gts)
+    for k in ALL:
+        assert ours[k] == pytest.approx(100 * ref[k], abs=1e-9), k
+    # The PraNet recipe (default) on the same maps: beta^2 = 1 and 8-bit maps.
+    pranet = run(SODMetric(metrics=ALL), samples)
+    assert pranet == pytest.approx(run(SODMetric(metrics=ALL, convention='pranet'), samples))
+    ref_pranet = reference(probs, gts)
+    for k in ALL:
+        assert pranet[k] == pytest.approx(100 * ref_pranet[k], abs=1e-9), k
+    # beta^2 = 0.3 weighs precision more: on these noisy maps several points lower.
+    assert pranet['wFmeasure'] - ours['wFmeasure'] > 2
+    assert ours['Smeasure'] == pytest.approx(pranet['Smeasure'], abs=0.5)
+
+
+def test_wfm_beta2_option_matches_pysodmetrics_beta():
+    gts, fg_logits = blobs(n=4, seed=4)
+    probs = [1 / (1 + np.exp(-l)) for l in fg_logits]
+    samples = [sample(p[None], g) for p, g in zip(probs, gts)]
+    for beta2 in (0.3, 1.0, 2.0):
+        ours = run(SODMetric(scale=1., wfm_beta2=beta2, metrics=['wFmeasure']), samples)
+        wfm = py_sod_metrics.WeightedFmeasure(beta=beta2)
+        for p, g in zip(probs, gts):  # PNG maps: the default quantize=True
+            p = (p - p.min()) / (p.max() - p.min() + 1e-8)
+            wfm.step(np.round(p * 255).astype(np.uint8), (g == 1).astype(np.uint8) * 255)
+        assert ours['wFmeasure'] == pytest.approx(wfm.get_results()['wfm'], abs=1e-12), beta2
+    # An explicit option wins over the convention.
+    explicit = run(SODMetric(scale=1., convention='autogluon', wfm_beta2=1., quantize=True),
+                   samples)
+    assert explicit['wFmeasure'] == pytest.approx(
+        run(SODMetric(scale=1.), samples)['wFmeasure'], abs=1e-4)
+
+
+def test_constant_map_per_convention():
+    gt = np.zeros((10, 10), np.int64)
+    gt[2:6, 3:8] = 1  # 20 % foreground
+    flat = [sample(np.full((1, 10, 10), .3), gt)]
+    # PraNet's +1e-8 sends a constant map to 0; pysodmetrics keeps it (0.3).
+    assert run(SODMetric(scale=1.), flat)['MAE'] == pytest.approx(0.2)
+    ours = run(SODMetric(scale=1., convention='autogluon'), flat)
+    ref = autogluon_reference([np.full((10, 10), .3)], [gt])
+    assert ours['MAE'] == pytest.approx(ref['MAE']) and ref['MAE'] == pytest.approx(
+        0.2 * 0.7 + 0.8 * 0.3)
+    assert ours['Smeasure'] == pytest.approx(ref['Smeasure'])
+
+
+def test_convention_errors():
+    with pytest.raises(ValueError, match="'pranet', 'autogluon'"):
+        SODMetric(convention='matlab')
+    with pytest.raises(ValueError, match='wfm_beta2'):
+        SODMetric(wfm_beta2=0)

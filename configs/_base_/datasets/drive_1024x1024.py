@@ -25,7 +25,8 @@ train_dataloader = dict(num_workers=2, dataset=dict(dataset=dict(pipeline=train_
 val_dataloader = dict(num_workers=2, dataset=dict(pipeline=test_pipeline))
 test_dataloader = val_dataloader
 val_evaluator = [
-    dict(type='ForegroundIoUMetric', iou_metrics=['mIoU', 'mDice']),
-    dict(type='AUCMetric'),
+    # SAM2LoRA's table: its code averages per-image Dice (0 if empty) and roc_auc_score.
+    dict(type='ForegroundIoUMetric', iou_metrics=['mIoU', 'mDice'], convention='sam2lora'),
+    dict(type='AUCMetric', convention='sam2lora'),
 ]
 test_evaluator = val_evaluator

@@ -47,7 +47,9 @@ val_dataloader = dict(
         pipeline=test_pipeline))
 test_dataloader = val_dataloader
 val_evaluator = [
-    dict(type='SODMetric'),  # Smeasure, wFmeasure, meanEmeasure, MAE (x100)
+    # PraNet's unseen-set protocol: its test script and MATLAB toolbox (8-bit maps, wF beta^2 = 1).
+    dict(type='SODMetric', convention='pranet'),  # Smeasure, wFmeasure, meanEmeasure, MAE (x100)
+    # Every test image has a polyp, so the empty-image rule of the default never applies.
     dict(type='ForegroundIoUMetric', iou_metrics=['mIoU', 'mDice']),
 ]
 test_evaluator = val_evaluator

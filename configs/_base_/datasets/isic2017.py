@@ -49,5 +49,7 @@ test_dataloader = dict(
         data_root=data_root,
         data_prefix=dict(img_path='img_dir/test', seg_map_path='ann_dir/test'),
         pipeline=test_pipeline))
-val_evaluator = dict(type='ForegroundIoUMetric', iou_metrics=['mIoU', 'mDice'])
+# Conv-LoRA's table: AutoGluon's per-image IoU (torchmetrics, an empty image scores 0).
+val_evaluator = dict(type='ForegroundIoUMetric', iou_metrics=['mIoU', 'mDice'],
+                     convention='autogluon')
 test_evaluator = val_evaluator

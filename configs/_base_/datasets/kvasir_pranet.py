@@ -42,7 +42,8 @@ val_dataloader = dict(
         pipeline=test_pipeline))
 test_dataloader = val_dataloader
 val_evaluator = [
-    dict(type='SODMetric'),  # Smeasure, wFmeasure, meanEmeasure, MAE (x100)
-    dict(type='ForegroundIoUMetric', iou_metrics=['mIoU', 'mDice']),
+    # Conv-LoRA's table: AutoGluon's evaluation (float maps, wF beta^2 = 0.3).
+    dict(type='SODMetric', convention='autogluon'),  # Smeasure, wFmeasure, meanEmeasure, MAE (x100)
+    dict(type='ForegroundIoUMetric', iou_metrics=['mIoU', 'mDice'], convention='autogluon'),
 ]
 test_evaluator = val_evaluator

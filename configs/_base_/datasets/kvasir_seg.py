@@ -38,5 +38,6 @@ val_dataloader = dict(
         data_prefix=dict(img_path='img_dir/val', seg_map_path='ann_dir/val'),
         pipeline=test_pipeline))
 test_dataloader = val_dataloader
+# The demos' own split, no paper table: this package's default convention.
 val_evaluator = dict(type='ForegroundIoUMetric', iou_metrics=['mIoU', 'mDice'])
 test_evaluator = val_evaluator

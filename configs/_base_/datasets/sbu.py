@@ -39,5 +39,6 @@ val_dataloader = dict(
         data_prefix=dict(img_path='img_dir/test', seg_map_path='ann_dir/test'),
         pipeline=test_pipeline))
 test_dataloader = val_dataloader
-val_evaluator = dict(type='BERMetric')  # balanced error rate per image (x100), lower is better
+# Conv-LoRA's table: AutoGluon's BER (x*255 > 125, torchmetrics' macro accuracy per image).
+val_evaluator = dict(type='BERMetric', convention='autogluon')  # x100, lower is better
 test_evaluator = val_evaluator

@@ -1,4 +1,4 @@
-"""Pixel-level ROC AUC of the foreground probability."""
+"""Pixel-level ROC AUC of the foreground probability, pooled or per image."""
 import logging
 from collections import OrderedDict
 from typing import Dict, Optional, Sequence, Tuple
@@ -10,29 +10,50 @@ from mmengine.logging import print_log
 from mmseg.registry import METRICS
 from scipy.stats import rankdata
 
+from .sod_metric import resolve_convention
+
+AUC_CONVENTIONS = {
+    None: dict(average='dataset'),
+    # SAM2LoRA's utils/eval_metrics.py + test.py: roc_auc_score per image,
+    # then the mean over images.
+    'sam2lora': dict(average='image'),
+}
+
 
 @METRICS.register_module()
 class AUCMetric(BaseMetric):
     """Area under the ROC curve of the per-pixel foreground score, ×100.
 
-    As reported for retinal vessel and optic-disc segmentation (e.g. SAM2LoRA,
-    Mandal et al., 2025): the pixels of all images of the dataset are pooled
-    (concatenated) and ranked by their foreground score; pixels labelled
-    ``ignore_index`` never count. Ties count one half (the Mann-Whitney form,
-    equal to ``sklearn.metrics.roc_auc_score``).
+    Retinal vessel and optic-disc papers report it in one of two ways,
+    selected by ``average``:
+
+    - ``'dataset'`` (default): the pixels of all images are pooled
+      (concatenated) and ranked by their foreground score, one AUC;
+    - ``'image'``: one AUC per image, then their mean, as the SAM2LoRA code
+      does (Mandal et al., 2025: ``sklearn.metrics.roc_auc_score`` of each
+      image's flattened map in ``utils/eval_metrics.py``, averaged over the
+      test images in ``test.py``). An image whose counted pixels are all of
+      one class has no AUC (older scikit-learn raises, newer returns NaN,
+      which would make the reference's mean NaN); it is left out of the mean
+      and counted in the log.
+
+    ``convention='sam2lora'`` is ``average='image'``. Pixels labelled
+    ``ignore_index`` never count. Ties count one half (the Mann-Whitney
+    form, equal to ``sklearn.metrics.roc_auc_score``).
 
     The score is read from ``seg_logits`` at the original image size, as
     mmseg's segmentors store it: for a 1-channel (sigmoid) head it already is
     the foreground probability; for a ``K``-channel head the softmax over the
     channels is taken and its ``foreground_index`` channel used.
 
-    Memory: the exact mode keeps every counted pixel's score (float32) and
-    label (bool) until the end, 5 bytes per pixel (DRIVE's 20 test images:
-    about 33 MB; HRF's full-size images: about 40 MB each). For large sets,
-    ``num_bins`` switches to constant memory per image: scores in [0, 1] are
-    counted in ``num_bins`` equal bins per class, and pixel pairs that share
-    a bin count as ties. The largest possible error of that approximation is
-    computed and logged.
+    Memory: the exact pooled mode keeps every counted pixel's score (float32)
+    and label (bool) until the end, 5 bytes per pixel (DRIVE's 20 test
+    images: about 33 MB; HRF's full-size images: about 40 MB each). For large
+    sets, ``num_bins`` switches to constant memory per image: scores in
+    [0, 1] are counted in ``num_bins`` equal bins per class, and pixel pairs
+    that share a bin count as ties. The largest possible error of that
+    approximation is computed and logged. The per-image mode keeps one number
+    per image (binned per image when ``num_bins`` is set).
 
     Args:
         foreground_index (int): Class whose score is ranked; every other
@@ -40,6 +61,10 @@ class AUCMetric(BaseMetric):
         ignore_index (int): Label of pixels left out. Defaults to 255.
         num_bins (int, optional): Histogram bins of the binned mode; None
             (default) computes the exact AUC.
+        average (str, optional): ``'dataset'`` or ``'image'``. None: as
+            ``convention`` says (``'dataset'`` by default).
+        convention (str, optional): None (pooled) or ``'sam2lora'``
+            (per image).
         collect_device (str): ``'cpu'`` or ``'gpu'``. Defaults to 'cpu'.
         prefix (str, optional): Prefix of the metric name.
     """
@@ -48,25 +73,40 @@ class AUCMetric(BaseMetric):
                  foreground_index: int = 1,
                  ignore_index: int = 255,
                  num_bins: Optional[int] = None,
+                 average: Optional[str] = None,
+                 convention: Optional[str] = None,
                  collect_device: str = 'cpu',
                  prefix: Optional[str] = None) -> None:
         super().__init__(collect_device=collect_device, prefix=prefix)
         if num_bins is not None and num_bins < 2:
             raise ValueError(f'AUCMetric num_bins must be None (exact) or >= 2, got {num_bins}.')
+        opts = resolve_convention('AUCMetric', convention, AUC_CONVENTIONS, average=average)
+        if opts['average'] not in ('dataset', 'image'):
+            raise ValueError(f"AUCMetric average must be 'dataset' or 'image', got "
+                             f"{opts['average']!r}.")
         self.foreground_index = foreground_index
         self.ignore_index = ignore_index
         self.num_bins = num_bins
+        self.average = opts['average']
 
     def process(self, data_batch: dict, data_samples: Sequence[dict]) -> None:
+        """Keep each image's pixels (exact pooled), histograms (binned) or AUC (per image)."""
         for sample in data_samples:
             score, label = self._pixels(sample)
             if self.num_bins is None:
-                self.results.append((score.numpy(), label.numpy()))
+                if self.average == 'image':
+                    # One number per image; NaN (left out) for one-class images.
+                    self.results.append(exact_auc(score.numpy(), label.numpy(), warn=False))
+                else:
+                    self.results.append((score.numpy(), label.numpy()))
             else:
                 bins = (score * self.num_bins).long().clamp_(0, self.num_bins - 1)
                 pos = torch.bincount(bins[label], minlength=self.num_bins)
                 neg = torch.bincount(bins[~label], minlength=self.num_bins)
-                self.results.append((pos.numpy(), neg.numpy()))
+                if self.average == 'image':
+                    self.results.append(binned_auc(pos.numpy(), neg.numpy(), warn=False)[0])
+                else:
+                    self.results.append((pos.numpy(), neg.numpy()))
 
     def _pixels(self, sample: dict) -> Tuple[torch.Tensor, torch.Tensor]:
         """Foreground scores and 0/1 labels of the counted pixels of one image."""
@@ -90,7 +130,22 @@ class AUCMetric(BaseMetric):
         return score[valid].cpu(), (gt[valid] == self.foreground_index).cpu()
 
     def compute_metrics(self, results: list) -> Dict[str, float]:
-        if self.num_bins is None:
+        """The pooled AUC, or the mean of the per-image AUCs, ×100."""
+        if self.average == 'image':
+            per_img = np.asarray(results, np.float64)
+            defined = ~np.isnan(per_img)
+            if not defined.any():
+                print_log(f'AUC is undefined for all {len(per_img)} images (each has one '
+                          'class only); reporting NaN.', logger='current',
+                          level=logging.WARNING)
+                return OrderedDict(AUC=float('nan'))
+            auc = per_img[defined].mean()
+            note = f'mean of {int(defined.sum())} per-image AUCs'
+            if not defined.all():
+                note += f', {int((~defined).sum())} one-class images left out'
+            if self.num_bins is not None:
+                note += f', {self.num_bins} bins each'
+        elif self.num_bins is None:
             auc = exact_auc(np.concatenate([r[0] for r in results]),
                             np.concatenate([r[1] for r in results]))
             note = 'exact'
@@ -100,24 +155,34 @@ class AUCMetric(BaseMetric):
             auc, bound = binned_auc(pos, neg)
             note = f'{self.num_bins} bins, error at most {bound * 100:.3g}'
         value = float(np.round(auc * 100, 2))
-        print_log(f'AUC: {value:.2f} ({note})', logger='current')
+        print_log(f'AUC ({self.average} average): {value:.2f} ({note})', logger='current')
         return OrderedDict(AUC=value)
 
 
-def exact_auc(score: np.ndarray, label: np.ndarray) -> float:
-    """ROC AUC from average ranks (Mann-Whitney U / (P·N)); NaN if a class is absent."""
+def exact_auc(score: np.ndarray, label: np.ndarray, warn: bool = True) -> float:
+    """ROC AUC from average ranks (Mann-Whitney U / (P·N)); NaN if a class is absent.
+
+    Args:
+        score (np.ndarray): Scores of the pixels.
+        label (np.ndarray): Their 0/1 labels.
+        warn (bool): Log a warning when the AUC is undefined. Defaults to True.
+
+    Returns:
+        float: The AUC in [0, 1], or NaN.
+    """
     label = label.astype(bool)
     num_pos = int(label.sum())
     num_neg = label.size - num_pos
     if num_pos == 0 or num_neg == 0:
-        _warn_one_class(num_pos, num_neg)
+        if warn:
+            _warn_one_class(num_pos, num_neg)
         return float('nan')
     ranks = rankdata(score, method='average')
     u = ranks[label].sum() - num_pos * (num_pos + 1) / 2
     return float(u / (num_pos * num_neg))
 
 
-def binned_auc(pos: np.ndarray, neg: np.ndarray) -> Tuple[float, float]:
+def binned_auc(pos: np.ndarray, neg: np.ndarray, warn: bool = True) -> Tuple[float, float]:
     """ROC AUC from per-bin positive/negative counts, and its largest possible error.
 
     Positives in a higher bin than a negative count 1, in the same bin 1/2.
@@ -127,7 +192,8 @@ def binned_auc(pos: np.ndarray, neg: np.ndarray) -> Tuple[float, float]:
     pos, neg = pos.astype(np.float64), neg.astype(np.float64)
     num_pos, num_neg = pos.sum(), neg.sum()
     if num_pos == 0 or num_neg == 0:
-        _warn_one_class(int(num_pos), int(num_neg))
+        if warn:
+            _warn_one_class(int(num_pos), int(num_neg))
         return float('nan'), float('nan')
     neg_below = np.cumsum(neg) - neg
     pairs = num_pos * num_neg

@@ -8,23 +8,50 @@ from mmengine.evaluator import BaseMetric
 from mmengine.logging import print_log
 from mmseg.registry import METRICS
 
-from .sod_metric import ACTIVATIONS, foreground_probability
+from .sod_metric import ACTIVATIONS, foreground_probability, resolve_convention
+
+ABSENT_CLASS = ('skip', 'count')
+BER_CONVENTIONS = {
+    # This package's defaults: per image, a rate whose class is absent from
+    # the GT is left out (1 - sklearn's balanced_accuracy_score per image).
+    None: dict(source='pred', threshold=0.5, average='image',
+               absent_class='skip'),
+    # AutoGluon's Conv-LoRA evaluation (Balanced_Error_Rate_Pred): maps
+    # thresholded at x*255 > 125, then 1 - torchmetrics' multiclass macro
+    # accuracy, samplewise. torchmetrics gives a class weight 0 only when it
+    # is neither in the GT nor predicted, and recall 0 to a class predicted
+    # but absent from the GT.
+    'autogluon': dict(source='score', threshold=125 / 255, average='image',
+                      absent_class='count'),
+}
 
 
 @METRICS.register_module()
 class BERMetric(BaseMetric):
     """Balanced error rate ``BER = 1 - (TPR + TNR) / 2``, lower is better.
 
-    Vicente et al., ECCV 2016 (SBU Shadow). With ``average='image'`` (the
-    default) BER is computed per image and averaged, as in AutoGluon's
-    Conv-LoRA evaluation (1 - samplewise macro accuracy); ``'dataset'``
-    pools TP/TN/P/N over all images first, as the classic shadow detection
-    evaluation does. ``FNR = 1 - TPR`` (missed foreground, "shadow BER")
-    and ``FPR = 1 - TNR`` ("non-shadow BER") are reported too.
+    Vicente et al., ECCV 2016 (SBU Shadow). ``FNR = 1 - TPR`` (missed
+    foreground, "shadow BER") and ``FPR = 1 - TNR`` ("non-shadow BER") are
+    reported too. With ``average='image'`` BER is computed per image and
+    averaged; ``'dataset'`` pools TP/TN/P/N over all images first, as the
+    classic shadow detection evaluation does. Pixels at ``ignore_index``
+    never count.
 
-    Per image, a rate whose class is absent from the GT is undefined and left
-    out: an image with no foreground scores ``BER = FPR``; images without a
-    single valid pixel are skipped. Pixels at ``ignore_index`` never count.
+    A class absent from an image's GT leaves its rate undefined;
+    ``absent_class`` says what to do with it:
+
+    - ``'skip'`` (default): the rate is left out, so an image without
+      foreground scores ``BER = FPR``; this is ``1 -
+      sklearn.metrics.balanced_accuracy_score`` of the image;
+    - ``'count'``: as torchmetrics' macro accuracy, which AutoGluon's
+      Conv-LoRA evaluation uses: the class still counts, with error rate 1,
+      when it is predicted somewhere; it is left out only when it is neither
+      in the GT nor predicted. An image without shadow and 1 % false
+      positives scores BER 50.5 there and 1.0 with ``'skip'``.
+
+    With ``'count'``, ``FNR``/``FPR`` are the two per-class error rates that
+    enter the BER (FNR is 1 for an image without foreground but with
+    foreground predictions).
 
     The predicted mask is either mmseg's ``pred_sem_seg`` (``source='pred'``;
     for a sigmoid head that is already ``prob > decode_head.threshold``), or
@@ -32,46 +59,64 @@ class BERMetric(BaseMetric):
     (``source='score'``, ``prob > threshold``; AutoGluon's ``x*255 > 125``
     is ``threshold=125/255``).
 
+    ``convention`` sets the defaults of ``source``, ``threshold``,
+    ``average`` and ``absent_class`` at once; options given explicitly
+    override it. None: ``'pred'``, 0.5, ``'image'``, ``'skip'``.
+    ``'autogluon'``: ``'score'``, 125/255, ``'image'``, ``'count'``.
+
     Args:
-        source (str): ``'pred'`` or ``'score'``. Defaults to ``'pred'``.
-        threshold (float): Foreground threshold of ``source='score'``.
-            Defaults to 0.5.
+        source (str, optional): ``'pred'`` or ``'score'``.
+        threshold (float, optional): Foreground threshold of
+            ``source='score'``.
         activation (str): How ``seg_logits`` become probabilities
             (``source='score'``); see :func:`foreground_probability`.
         foreground_index (int): Foreground class. Defaults to 1.
         ignore_index (int): GT value to ignore. Defaults to 255.
-        average (str): ``'image'`` or ``'dataset'``. Defaults to ``'image'``.
+        average (str, optional): ``'image'`` or ``'dataset'``.
+        absent_class (str, optional): ``'skip'`` or ``'count'``.
         scale (float): Multiplier of the reported values. Defaults to 100.
+        convention (str, optional): None (this package's defaults) or
+            ``'autogluon'``.
         collect_device (str): Device for collecting results across ranks.
         prefix (str, optional): Prefix of the metric names.
     """
 
     def __init__(self,
-                 source: str = 'pred',
-                 threshold: float = 0.5,
+                 source: Optional[str] = None,
+                 threshold: Optional[float] = None,
                  activation: str = 'auto',
                  foreground_index: int = 1,
                  ignore_index: int = 255,
-                 average: str = 'image',
+                 average: Optional[str] = None,
+                 absent_class: Optional[str] = None,
                  scale: float = 100.,
+                 convention: Optional[str] = None,
                  collect_device: str = 'cpu',
                  prefix: Optional[str] = None) -> None:
         super().__init__(collect_device=collect_device, prefix=prefix)
-        if source not in ('pred', 'score'):
+        opts = resolve_convention('BERMetric', convention, BER_CONVENTIONS,
+                                  source=source, threshold=threshold,
+                                  average=average, absent_class=absent_class)
+        if opts['source'] not in ('pred', 'score'):
             raise ValueError(f"source must be 'pred' or 'score', got "
-                             f'{source!r}.')
-        if average not in ('image', 'dataset'):
+                             f'{opts["source"]!r}.')
+        if opts['average'] not in ('image', 'dataset'):
             raise ValueError(f"average must be 'image' or 'dataset', got "
-                             f'{average!r}.')
+                             f'{opts["average"]!r}.')
+        if opts['absent_class'] not in ABSENT_CLASS:
+            raise ValueError(f'absent_class must be one of {ABSENT_CLASS}, '
+                             f'got {opts["absent_class"]!r}.')
         if activation not in ACTIVATIONS:
             raise ValueError(f'activation must be one of {ACTIVATIONS}, got '
                              f'{activation!r}.')
-        self.source = source
-        self.threshold = threshold
+        self.convention = convention
+        self.source = opts['source']
+        self.threshold = float(opts['threshold'])
+        self.average = opts['average']
+        self.absent_class = opts['absent_class']
         self.activation = activation
         self.foreground_index = foreground_index
         self.ignore_index = ignore_index
-        self.average = average
         self.scale = float(scale)
 
     def predicted_mask(self, sample: dict) -> torch.Tensor:
@@ -105,29 +150,47 @@ class BERMetric(BaseMetric):
                 np.array([(pred & pos).sum().item(), (~pred & neg).sum().item(),
                           pos.sum().item(), neg.sum().item()], np.int64))
 
+    def error_rates(self, tp: np.ndarray, tn: np.ndarray, p: np.ndarray,
+                    n: np.ndarray):
+        """Per-class error rates (FNR, FPR), NaN where a rate is left out.
+
+        Args:
+            tp (np.ndarray): True positives (per image, or pooled).
+            tn (np.ndarray): True negatives.
+            p (np.ndarray): GT positives.
+            n (np.ndarray): GT negatives.
+
+        Returns:
+            tuple[np.ndarray, np.ndarray]: FNR and FPR.
+        """
+        with np.errstate(invalid='ignore', divide='ignore'):
+            fnr = np.where(p > 0, 1 - tp / p, np.nan)
+            fpr = np.where(n > 0, 1 - tn / n, np.nan)
+        if self.absent_class == 'count':
+            # torchmetrics: recall 0 (error 1) for a class that is predicted
+            # (FP = N - TN or FN = P - TP) but absent from the GT.
+            fnr = np.where((p == 0) & (n - tn > 0), 1., fnr)
+            fpr = np.where((n == 0) & (p - tp > 0), 1., fpr)
+        return fnr, fpr
+
     def compute_metrics(self, results: List[np.ndarray]) -> Dict[str, float]:
         """Reduce the counts to BER, FNR and FPR (scaled)."""
         counts = np.stack(results).astype(np.float64)
-        tp, tn, p, n = counts.T
         if self.average == 'dataset':
-            fnr = 1 - tp.sum() / p.sum() if p.sum() else np.nan
-            fpr = 1 - tn.sum() / n.sum() if n.sum() else np.nan
-            ber = np.nanmean([fnr, fpr])
-        else:
-            with np.errstate(invalid='ignore', divide='ignore'):
-                fnr_i = np.where(p > 0, 1 - tp / p, np.nan)
-                fpr_i = np.where(n > 0, 1 - tn / n, np.nan)
-            scored = (p + n) > 0
-            ber_i = np.nanmean(np.stack([fnr_i, fpr_i])[:, scored], axis=0)
-            ber = ber_i.mean() if scored.any() else np.nan
-            fnr = np.nanmean(fnr_i) if (p > 0).any() else np.nan
-            fpr = np.nanmean(fpr_i) if (n > 0).any() else np.nan
+            counts = counts.sum(0, keepdims=True)
+        fnr_i, fpr_i = self.error_rates(*counts.T)
+        rates = np.stack([fnr_i, fpr_i])
+        scored = ~np.isnan(rates).all(0)  # images without a valid pixel
+        ber = np.nanmean(rates[:, scored], axis=0).mean() \
+            if scored.any() else np.nan
+        fnr = np.nanmean(fnr_i) if (~np.isnan(fnr_i)).any() else np.nan
+        fpr = np.nanmean(fpr_i) if (~np.isnan(fpr_i)).any() else np.nan
         out = OrderedDict(BER=float(ber) * self.scale,
                           FNR=float(fnr) * self.scale,
                           FPR=float(fpr) * self.scale)
         print_log(
-            f'BER ({self.average} average, x{self.scale:g}) over '
-            f'{len(results)} images: ' +
+            f'BER ({self.average} average, absent class {self.absent_class}'
+            f', x{self.scale:g}) over {len(results)} images: ' +
             ', '.join(f'{k} {v:.2f}' for k, v in out.items()),
             logger='current')
         return out

@@ -4,7 +4,9 @@ The salient/camouflaged object and polyp benchmarks (CAMO, COD10K, Kvasir,
 CVC-ClinicDB, ...) score the *soft* prediction map, not the argmax mask. The
 four measures are computed by the ``pysodmetrics`` package (import name
 ``py_sod_metrics``, Pang et al.), a Python port of the MATLAB toolboxes the
-field uses; AutoGluon's Conv-LoRA code embeds the same implementation.
+field uses. AutoGluon's Conv-LoRA evaluation embeds a copy of the same code but
+calls it differently (float maps, weighted F-measure with beta^2 = 0.3); the
+``convention`` argument of :class:`SODMetric` selects either recipe.
 """
 from collections import OrderedDict
 from typing import Dict, List, Optional, Sequence
@@ -21,6 +23,43 @@ except ImportError:  # reported when the metric is built
     py_sod_metrics = None
 
 ACTIVATIONS = ('auto', 'sigmoid', 'softmax', 'none')
+
+# How each reference turns a foreground probability map into the scored map
+# and which beta^2 its weighted F-measure uses.
+SOD_CONVENTIONS = {
+    # PraNet's test script min-max normalises with +1e-8 (a constant map
+    # becomes 0) and saves 8-bit PNGs; its MATLAB toolbox, like pysodmetrics'
+    # default, uses beta^2 = 1.
+    'pranet': dict(wfm_beta2=1.0, quantize=True, keep_constant=False),
+    # AutoGluon (optim/metrics/semantic_seg_metrics.py): float maps, min-max
+    # only when the map is not constant, WeightedFmeasure(beta=0.3), where its
+    # ``beta`` is beta^2 as in pysodmetrics.
+    'autogluon': dict(wfm_beta2=0.3, quantize=False, keep_constant=True),
+}
+
+
+def resolve_convention(name: str, convention: Optional[str], table: dict,
+                       **explicit) -> dict:
+    """Options of ``convention`` in ``table``, overridden by explicit ones.
+
+    Args:
+        name (str): Metric name, for the error message.
+        convention (str, optional): Key of ``table``, or None for the
+            metric's own defaults (``table[None]``).
+        table (dict): Convention name (or None) -> dict of option values.
+        **explicit: Options given by the user; None means "not given".
+
+    Returns:
+        dict: The value of every option of ``table[None]``.
+    """
+    if convention not in table:
+        choices = [k for k in table if k is not None]
+        raise ValueError(f'{name} convention must be None or one of '
+                         f'{choices}, got {convention!r}.')
+    values = dict(table[None])
+    values.update(table[convention])
+    values.update({k: v for k, v in explicit.items() if v is not None})
+    return values
 
 
 def foreground_probability(seg_logits: torch.Tensor, activation: str = 'auto',
@@ -87,20 +126,28 @@ class SODMetric(BaseMetric):
     convention):
 
     - ``Smeasure``: S-measure, alpha 0.5 (Fan et al., ICCV 2017);
-    - ``wFmeasure``: weighted F-measure, beta^2 = 1 (Margolin et al.,
-      CVPR 2014);
+    - ``wFmeasure``: weighted F-measure (Margolin et al., CVPR 2014),
+      beta^2 = ``wfm_beta2``: 1 in PraNet's MATLAB toolbox and pysodmetrics'
+      default, 0.3 in AutoGluon's Conv-LoRA evaluation;
     - ``meanEmeasure``: E-measure (Fan et al., IJCAI 2018) at the 256
       thresholds 0..255, averaged; ``maxEmeasure`` (the maximum of the
       dataset-mean curve) and ``adpEmeasure`` (adaptive threshold) can be
       asked for;
     - ``MAE``: mean absolute error between the map and the binary GT.
 
-    Each map is built as the field's evaluation scripts do (PraNet's test
-    script, then the MATLAB toolbox or ``pysodmetrics``): foreground
-    probability (see :func:`foreground_probability`), min-max normalised per
-    image to [0, 1] (a constant map becomes 0), and quantised to 8 bits as
-    when the maps are saved as PNG. ``quantize=False`` keeps floats, as
-    AutoGluon's Conv-LoRA evaluation does.
+    Each map is the foreground probability (see
+    :func:`foreground_probability`), min-max normalised per image to [0, 1].
+    ``convention`` selects the reference recipe for the rest:
+
+    - ``'pranet'`` (the same as None, the default): PraNet's test script,
+      then its MATLAB toolbox or ``pysodmetrics``: normalised with
+      ``+1e-8`` in the denominator (a constant map becomes 0), quantised to
+      8 bits as when the maps are saved as PNG, beta^2 = 1;
+    - ``'autogluon'``: AutoGluon's Conv-LoRA evaluation: float maps,
+      normalised only when not constant (a constant map keeps its value, as
+      pysodmetrics' ``prepare_data``), beta^2 = 0.3.
+
+    ``wfm_beta2`` and ``quantize`` given explicitly override the convention.
 
     The measures need the whole image, so ``ignore_index`` pixels of the GT
     cannot be dropped: they are counted as background, with a warning the
@@ -116,11 +163,18 @@ class SODMetric(BaseMetric):
             ``'auto'``, ``'sigmoid'``, ``'softmax'`` or ``'none'``. Defaults
             to ``'auto'``.
         normalize (bool): Min-max normalise each map. Defaults to True.
-        quantize (bool): Quantise maps to 0..255. Defaults to True.
+        quantize (bool, optional): Quantise maps to 0..255. None (default):
+            as ``convention`` says (True for ``'pranet'``, False for
+            ``'autogluon'``).
+        wfm_beta2 (float, optional): beta^2 of the weighted F-measure
+            (pysodmetrics' ``WeightedFmeasure(beta=...)`` is beta^2 too).
+            None (default): as ``convention`` says (1 or 0.3).
         ignore_index (int): GT value counted as background. Defaults to 255.
         scale (float): Multiplier of the reported values. Defaults to 100.
         metrics (Sequence[str]): Measures to report. Defaults to
             ``('Smeasure', 'wFmeasure', 'meanEmeasure', 'MAE')``.
+        convention (str, optional): ``'pranet'`` or ``'autogluon'``; None
+            (default) is ``'pranet'``.
         collect_device (str): Device for collecting results across ranks.
         prefix (str, optional): Prefix of the metric names.
     """
@@ -131,11 +185,13 @@ class SODMetric(BaseMetric):
                  foreground_index: int = 1,
                  activation: str = 'auto',
                  normalize: bool = True,
-                 quantize: bool = True,
+                 quantize: Optional[bool] = None,
                  ignore_index: int = 255,
                  scale: float = 100.,
                  metrics: Sequence[str] = ('Smeasure', 'wFmeasure',
                                            'meanEmeasure', 'MAE'),
+                 wfm_beta2: Optional[float] = None,
+                 convention: Optional[str] = None,
                  collect_device: str = 'cpu',
                  prefix: Optional[str] = None) -> None:
         super().__init__(collect_device=collect_device, prefix=prefix)
@@ -149,10 +205,19 @@ class SODMetric(BaseMetric):
         if unknown or not metrics:
             raise ValueError(f'Unknown SODMetric metrics {unknown}; choose '
                              f'from {self.ALL_METRICS}.')
+        opts = resolve_convention(
+            'SODMetric', convention,
+            {None: SOD_CONVENTIONS['pranet'], **SOD_CONVENTIONS},
+            wfm_beta2=wfm_beta2, quantize=quantize)
+        if opts['wfm_beta2'] <= 0:
+            raise ValueError(f'wfm_beta2 must be > 0, got {opts["wfm_beta2"]}.')
+        self.convention = convention or 'pranet'
         self.foreground_index = foreground_index
         self.activation = activation
         self.normalize = normalize
-        self.quantize = quantize
+        self.quantize = bool(opts['quantize'])
+        self.wfm_beta2 = float(opts['wfm_beta2'])
+        self.keep_constant = opts['keep_constant']
         self.ignore_index = ignore_index
         self.scale = float(scale)
         self.metrics = tuple(metrics)
@@ -163,7 +228,11 @@ class SODMetric(BaseMetric):
         pred = foreground_probability(seg_logits, self.activation,
                                       self.foreground_index)
         pred = pred.cpu().double().numpy()
-        if self.normalize:
+        if self.normalize and self.keep_constant:
+            # pysodmetrics' / AutoGluon's mapminmax: constant maps unchanged.
+            if pred.max() != pred.min():
+                pred = (pred - pred.min()) / (pred.max() - pred.min())
+        elif self.normalize:
             # PraNet's eval convention: the epsilon sends constant maps to 0.
             pred = (pred - pred.min()) / (pred.max() - pred.min() + 1e-8)
         elif pred.min() < 0 or pred.max() > 1:
@@ -200,13 +269,24 @@ class SODMetric(BaseMetric):
                     f'{gt.shape} for {sample.get("img_path", "an image")}; '
                     'evaluate at the original size (keep LoadAnnotations '
                     'after Resize in the test pipeline).')
-            self.results.append(self.score_map(pred, gt))
+            self.results.append(self.score_map(pred, gt, self.wfm_beta2))
 
     @staticmethod
-    def score_map(pred: np.ndarray, gt: np.ndarray) -> Dict[str, np.ndarray]:
-        """The per-image measures of a [0, 1] map and a boolean GT."""
+    def score_map(pred: np.ndarray, gt: np.ndarray,
+                  wfm_beta2: float = 1.) -> Dict[str, np.ndarray]:
+        """The per-image measures of a [0, 1] map and a boolean GT.
+
+        Args:
+            pred (np.ndarray): ``float64`` map in [0, 1].
+            gt (np.ndarray): Boolean foreground mask.
+            wfm_beta2 (float): beta^2 of the weighted F-measure.
+
+        Returns:
+            dict: ``sm``, ``wfm``, ``em_curve`` (256 values), ``em_adp`` and
+            ``mae`` of the image.
+        """
         sm = py_sod_metrics.Smeasure()
-        wfm = py_sod_metrics.WeightedFmeasure()
+        wfm = py_sod_metrics.WeightedFmeasure(beta=wfm_beta2)
         em = py_sod_metrics.Emeasure()
         mae = py_sod_metrics.MAE()
         for m in (sm, wfm, em, mae):
@@ -232,7 +312,9 @@ class SODMetric(BaseMetric):
         out = OrderedDict(
             (k, float(values[k]) * self.scale) for k in self.metrics)
         print_log(
-            f'SOD measures over {len(results)} images (x{self.scale:g}): ' +
+            f'SOD measures ({self.convention} convention, wF beta^2 '
+            f'{self.wfm_beta2:g}) over {len(results)} images '
+            f'(x{self.scale:g}): ' +
             ', '.join(f'{k} {v:.2f}' for k, v in out.items()),
             logger='current')
         return out
