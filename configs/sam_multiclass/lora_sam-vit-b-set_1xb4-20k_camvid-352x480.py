@@ -9,9 +9,9 @@ model = dict(
     data_preprocessor=data_preprocessor,
     backbone=dict(img_size=480),
     decode_head=dict(
+        type='SAMMaskSetHead',
         num_classes=11,
         out_channels=11,
-        mode='set',
         set_loss=dict(type='MaskSetLoss', loss_cls_weight=2.0, loss_mask_weight=5.0,
                       loss_dice_weight=5.0, no_object_weight=0.1)),
     test_cfg=dict(mode='whole'))

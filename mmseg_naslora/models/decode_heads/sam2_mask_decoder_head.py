@@ -9,7 +9,8 @@ from sam2.modeling.sam.prompt_encoder import PromptEncoder
 from sam2.modeling.sam.transformer import TwoWayTransformer
 
 from ..adapters.inject import inject_adapters, iter_adapters
-from .sam_mask_decoder_head import SAMMaskDecoderHead
+from .sam_mask_decoder_head import SET_HEADS, SAMMaskDecoderHead
+from .sam_mask_set_head import SAMMaskSetHead
 
 # Every attention linear of SAM2's two-way transformer: self_attn,
 # cross_attn_token_to_image, cross_attn_image_to_token of each layer, and
@@ -22,8 +23,9 @@ class SAM2MaskDecoderHead(SAMMaskDecoderHead):
     """Prompt-free SAM2 mask decoder for semantic segmentation.
 
     Ravi et al., "SAM 2: Segment Anything in Images and Videos", 2024. The
-    binary, ``'set'`` and ``'per_class'`` modes, the losses and inference are
-    :class:`SAMMaskDecoderHead`'s; this class swaps in the ``sam2`` package's
+    binary and ``'per_class'`` modes, the losses and inference are
+    :class:`SAMMaskDecoderHead`'s (``mode='set'`` builds :class:`SAM2MaskSetHead`,
+    :class:`SAMMaskSetHead` on this decoder); this class swaps in the ``sam2`` package's
     prompt encoder and mask decoder (built as ``SAM2Base._build_sam_heads``
     builds them) and their differences:
 
@@ -181,3 +183,14 @@ class SAM2MaskDecoderHead(SAMMaskDecoderHead):
                 raise ValueError(f'inputs[{level}] is {size}, expected {factor}x the '
                                  f'embedding ({factor * h}, {factor * w}).')
         return embedding, [dec.conv_s0(inputs[0]), dec.conv_s1(inputs[1])]
+
+
+@MODELS.register_module()
+class SAM2MaskSetHead(SAMMaskSetHead, SAM2MaskDecoderHead):
+    """:class:`SAMMaskSetHead` on SAM2's decoder (:class:`SAM2MaskDecoderHead`'s options).
+
+    ``SAM2MaskDecoderHead(mode='set')`` builds this class.
+    """
+
+
+SET_HEADS[SAM2MaskDecoderHead] = SAM2MaskSetHead

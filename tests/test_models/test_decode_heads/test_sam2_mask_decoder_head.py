@@ -10,8 +10,8 @@ from sam2_tiny import (TINY_DIM, TINY_HIERA, TINY_SAM2_DECODER,  # noqa: E402
 
 from mmseg_naslora.models.adapters.inject import iter_adapters  # noqa: E402
 from mmseg_naslora.models.backbones.sam2_hiera import SAM2Hiera  # noqa: E402
-from mmseg_naslora.models.decode_heads.sam2_mask_decoder_head import \
-    SAM2MaskDecoderHead  # noqa: E402
+from mmseg_naslora.models.decode_heads.sam2_mask_decoder_head import (  # noqa: E402
+    SAM2MaskDecoderHead, SAM2MaskSetHead)
 
 COMPOSITE = [
     dict(type='CrossEntropyLoss', use_sigmoid=True, avg_non_ignore=True, loss_name='loss_bce'),
@@ -190,6 +190,7 @@ def test_multiclass_modes_on_sam2(mode):
     head = SAM2MaskDecoderHead(loss_decode=dict(type='CrossEntropyLoss'), **SMALL,
                                num_classes=3, mode=mode,
                                decoder_adapter=dict(type='LoRA', rank=2))
+    assert isinstance(head, SAM2MaskSetHead) == (mode == 'set')
     out = head(features(batch=2))
     if mode == 'set':
         cls_logits, mask_logits = out

@@ -1,10 +1,13 @@
+import math
+
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import TINY_DECODER
 from mmengine.structures import PixelData
 from mmseg.structures import SegDataSample
 
-from mmseg_naslora.models.decode_heads import SAMMaskDecoderHead
+from mmseg_naslora.models.decode_heads import SAMMaskDecoderHead, SAMMaskSetHead
 from mmseg_naslora.models.losses import MaskSetLoss
 
 CE = dict(type='CrossEntropyLoss', use_sigmoid=False)
@@ -83,7 +86,7 @@ def test_semantic_inference_on_hand_set_logits():
     masks = torch.full((1, 2, 2, 2), -10.)
     masks[0, 0, 0, :] = 10  # query 0 covers the top row
     masks[0, 1] = 10  # the no-object query covers everything and must not count
-    scores = SAMMaskDecoderHead.semantic_scores(cls, masks)
+    scores = SAMMaskSetHead.semantic_scores(cls, masks)
     assert scores.shape == (1, 2, 2, 2)
     assert torch.allclose(scores[0, 1, 0], torch.ones(2), atol=1e-3)
     assert scores[0, :, 1].max() < 1e-3
@@ -168,3 +171,96 @@ def test_set_queries_stay_apart_through_the_decoder(official_sam):
         cls, _ = h([torch.randn(2, 32, 4, 4)])
         spreads[noise] = (cls.std(1).mean() / cls.std(2).mean()).item()
     assert spreads[0.1] < 0.005 and spreads[1.0] > 0.02
+
+
+def test_set_head_is_its_own_class_and_the_old_spelling_builds_it():
+    from mmseg.registry import MODELS
+    cfg = dict(num_classes=3, loss_decode=CE, **TINY_DECODER)
+    torch.manual_seed(0)
+    old = MODELS.build(dict(cfg, type='SAMMaskDecoderHead', mode='set'))
+    torch.manual_seed(0)
+    new = MODELS.build(dict(cfg, type='SAMMaskSetHead'))
+    assert type(old) is type(new) is SAMMaskSetHead
+    assert type(head(num_classes=3)) is SAMMaskSetHead  # the multi-class default
+    assert type(head(num_classes=3, mode='per_class')) is SAMMaskDecoderHead
+    binary = SAMMaskDecoderHead(num_classes=2, out_channels=1, threshold=0.5, loss_decode=CE,
+                                **TINY_DECODER)
+    assert type(binary) is SAMMaskDecoderHead and binary.mode == 'binary'
+    # same parameters, same outputs
+    sd_old, sd_new = old.state_dict(), new.state_dict()
+    assert sd_old.keys() == sd_new.keys()
+    assert all(torch.equal(sd_old[k], sd_new[k]) for k in sd_old)
+    feats = [torch.randn(1, 32, 4, 4)]
+    for a, b in zip(old(feats), new(feats)):
+        torch.testing.assert_close(a, b)
+    # copies keep their class; per-pixel code paths are gone from the set head
+    import copy
+    assert type(copy.deepcopy(new)) is SAMMaskSetHead
+    assert not hasattr(new, 'class_hypernetworks') and not hasattr(
+        head(num_classes=3, mode='per_class'), 'class_embed')
+    with pytest.raises(ValueError, match='per_class'):
+        SAMMaskSetHead(mode='per_class', **cfg)
+
+
+def test_point_sampled_set_loss_trains_through_the_head():
+    """The AutoGluon preset (points, 1/5/5 matching, 1:1:1) plugs into the set head."""
+    torch.manual_seed(0)
+    h = head(num_classes=3, set_loss=dict(type='MaskSetLoss', preset='autogluon',
+                                          num_points=256))
+    assert h.set_loss.weights == dict(cls=1., mask=1., dice=1.)
+    seg = torch.zeros(2, 64, 64, dtype=torch.long)
+    seg[0, :32] = 1
+    seg[1, :, 32:] = 2
+    losses = h.loss([torch.randn(2, 32, 4, 4)], samples(seg), train_cfg={})
+    sum(v for k, v in losses.items() if k.startswith('loss')).backward()
+    assert h.class_embed.weight.grad.abs().sum() > 0
+    assert h.class_tokens.weight.grad.abs().sum() > 0
+
+
+def _keys_matrix(n_in, n_out, a=-0.75):
+    """Hand-built 1-D bicubic resampling matrix (n_out, n_in): Keys' cubic convolution
+    kernel with a = -0.75 (PyTorch's and OpenCV's), align_corners=False, and taps
+    past the border clamped to the edge sample."""
+    def kernel(x):
+        x = abs(x)
+        if x <= 1:
+            return (a + 2) * x**3 - (a + 3) * x**2 + 1
+        if x < 2:
+            return a * x**3 - 5 * a * x**2 + 8 * a * x - 4 * a
+        return 0.
+
+    m = torch.zeros(n_out, n_in, dtype=torch.float64)
+    for o in range(n_out):
+        src = (o + 0.5) * n_in / n_out - 0.5
+        x0 = math.floor(src)
+        for k in range(x0 - 1, x0 + 3):
+            m[o, min(max(k, 0), n_in - 1)] += kernel(src - k)
+    return m
+
+
+def test_position_embedding_is_resized_bicubically_with_the_right_values():
+    """SAM ViT's absolute position table at other input sizes, against a hand bicubic.
+
+    Planted tables: a linear ramp and a random one. (A linear ramp alone is not
+    enough: Keys' kernel reproduces linear functions only for a = -0.5, and
+    PyTorch uses a = -0.75.)
+    """
+    from mmseg_naslora.models.utils.checkpoint import resize_pos_embed
+    h_in, w_in, c = 8, 10, 3
+    i = torch.arange(h_in, dtype=torch.float64)[:, None, None]
+    j = torch.arange(w_in, dtype=torch.float64)[None, :, None]
+    ramp = (torch.tensor([0.5, -1., 2.]) * i + torch.tensor([-0.25, 0.75, 1.5]) * j)
+    g = torch.Generator().manual_seed(0)
+    for table in (ramp, torch.randn(h_in, w_in, c, generator=g, dtype=torch.float64)):
+        pos = table.float()[None]  # (1, H, W, C)
+        assert resize_pos_embed(pos, (h_in, w_in)) is pos
+        for h_out, w_out in ((13, 17), (5, 6), (16, 20)):
+            out = resize_pos_embed(pos, (h_out, w_out))
+            assert out.shape == (1, h_out, w_out, c) and out.dtype == pos.dtype
+            mh, mw = _keys_matrix(h_in, h_out), _keys_matrix(w_in, w_out)
+            want = torch.einsum('oh,hwc,pw->opc', mh, table, mw)
+            torch.testing.assert_close(out[0].double(), want, atol=1e-5, rtol=1e-5)
+    # the reference tells bicubic from bilinear
+    bilinear = F.interpolate(pos.permute(0, 3, 1, 2), size=(13, 17), mode='bilinear',
+                             align_corners=False).permute(0, 2, 3, 1)
+    assert (bilinear - resize_pos_embed(pos, (13, 17))).abs().max() > 0.05

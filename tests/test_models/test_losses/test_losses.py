@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -6,6 +8,7 @@ from mmseg.models.decode_heads import FCNHead
 from mmseg.registry import MODELS
 from mmseg.structures import SegDataSample
 
+from mmseg_naslora.models.losses.balanced_bce_loss import BalancedBCELoss
 from mmseg_naslora.models.losses.focal_tversky_loss import FocalTverskyLoss
 from mmseg_naslora.models.losses.soft_dice_loss import SoftDiceLoss
 from mmseg_naslora.models.losses.structure_loss import StructureLoss
@@ -136,7 +139,8 @@ LOSSES = [
     FocalTverskyLoss(),
     FocalTverskyLoss(per_image=True),
     StructureLoss(),
-    StructureLoss(weighted_bce=False)
+    StructureLoss(weighted_bce=False),
+    BalancedBCELoss(),
 ]
 
 
@@ -226,7 +230,8 @@ def test_registry_and_names():
     names = {
         'SoftDiceLoss': 'loss_sdice',
         'FocalTverskyLoss': 'loss_ftversky',
-        'StructureLoss': 'loss_structure'
+        'StructureLoss': 'loss_structure',
+        'BalancedBCELoss': 'loss_bbce',
     }
     for type_, name in names.items():
         assert MODELS.build(dict(type=type_)).loss_name == name
@@ -296,3 +301,52 @@ def test_structure_loss_through_a_stock_decode_head():
     assert losses['loss_structure'].item() == pytest.approx(_hand_structure(
         seg_logits.detach(), target).item(),
                                                             rel=1e-5)
+
+
+# ------------------------------------------------------------------ balanced BCE
+
+
+def _autogluon_bbce(input, target):
+    """AutoGluon's BBCEWithLogitLoss (optim/losses/bce_loss.py), verbatim in substance."""
+    eps = 1e-10
+    count_pos = torch.sum(target) + eps
+    count_neg = torch.sum(1.0 - target)
+    ratio = count_neg / count_pos
+    w_neg = count_pos / (count_pos + count_neg)
+    return w_neg * torch.nn.BCEWithLogitsLoss(pos_weight=ratio)(input, target)
+
+
+def test_balanced_bce_worked_example():
+    """One positive of four pixels: positives weigh 3/4, negatives 1/4, over 4 pixels.
+
+    logits (0 | 0, ln 3, -ln 3), labels (1 | 0, 0, 0): -log σ(0) = ln 2,
+    -log(1 - σ(0)) = ln 2, -log(1 - σ(ln 3)) = ln 4, -log(1 - σ(-ln 3)) = ln 4/3, so
+    loss = (3·ln 2 + ln 2 + ln 4 + ln 4/3) / 16 = (8 ln 2 - ln 3) / 16.
+    """
+    pred = torch.tensor([[[[0., 0.], [math.log(3), -math.log(3)]]]])
+    target = torch.tensor([[[1, 0], [0, 0]]])
+    loss = BalancedBCELoss()(pred, target)
+    assert loss.item() == pytest.approx((8 * math.log(2) - math.log(3)) / 16, rel=1e-6)
+    assert loss.item() == pytest.approx(_autogluon_bbce(pred, target[:, None].float()).item(),
+                                        rel=1e-6)
+
+
+def test_balanced_bce_equals_autogluon_on_a_batch_and_ignores_like_cropping():
+    torch.manual_seed(0)
+    pred = 2 * torch.randn(3, 1, 12, 10)
+    # images with 50 %, 20 % and 5 % positives
+    target = (torch.rand(3, 12, 10) < torch.tensor([.5, .2, .05])[:, None, None]).long()
+    ref = _autogluon_bbce(pred, target[:, None].float())
+    assert BalancedBCELoss()(pred, target).item() == pytest.approx(ref.item(), rel=1e-6)
+    # counts are batch-wide: not the mean of per-image losses
+    per_image = sum(_autogluon_bbce(pred[i:i + 1], target[i:i + 1, None].float())
+                    for i in range(3)) / 3
+    assert abs(per_image.item() - ref.item()) > 0.01
+    # ignoring pixels equals dropping them (the reference sees only the rest)
+    ignored = target.clone()
+    ignored[:, :4] = 255
+    keep = ignored != 255
+    ref = _autogluon_bbce(pred[:, 0][keep], target[keep].float())
+    assert BalancedBCELoss()(pred, ignored).item() == pytest.approx(ref.item(), rel=1e-6)
+    # a batch without positives gives (almost) no loss, as in the reference
+    assert BalancedBCELoss()(pred, torch.zeros_like(target)).item() < 1e-8
