@@ -107,13 +107,12 @@ METHODS = OrderedDict([
                          stage='search', export='topk')),
     ('nas_lora_s2_alt', dict(label='NAS-LoRA r=3, stage 2 (alternating step)', adapter=_NAS,
                              stage='search', search_step='alternate', export='topk')),
-    ('nas_lora_linear_s2', dict(label='NAS-LoRA linear ops, stage 2',
-                                adapter=dict(_NAS, op_variant='linear',
-                                             primitives=_LINEAR_PRIMITIVES),
-                                stage='search', export='collapse')),
+    ('nas_lora_linbn_s2', dict(label='NAS-LoRA linear+BN ops (collapsible), stage 2',
+                               adapter=dict(_NAS, op_variant='linear_bn',
+                                            primitives=_LINEAR_PRIMITIVES),
+                               stage='search', export='collapse')),
     ('nas_pc_lora_s2', dict(label='NAS-PC-LoRA P=2/3, stage 2',
-                            adapter=dict(type='NASPCLoRA', rank=3, alpha=32,
-                                         pc_channel_choice='random'),
+                            adapter=dict(type='NASPCLoRA', rank=3, alpha=32),
                             stage='search', export='topk')),
     # SAM2LoRA's defaults of configs/_base_/models/sam2_hiera-l_lora.py.
     ('sam2lora', dict(label='SAM2LoRA r=64 (enc+dec)',
@@ -777,12 +776,12 @@ def profile(args: argparse.Namespace) -> dict:
         module.register_forward_hook(post)
 
     for name, module in model.named_modules():
-        if isinstance(module, LoRA) and not module.mergeable:
+        if isinstance(module, LoRA) and module.spatial:
             bottleneck = module.bottleneck
 
-            def cell(z, _f=bottleneck):
+            def cell(*args, _f=bottleneck):
                 with record_function('nas.cell'):
-                    return _f(z)
+                    return _f(*args)
 
             module.bottleneck = cell
         elif name.startswith('backbone') and name.endswith('.attn'):

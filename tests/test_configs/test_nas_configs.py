@@ -113,3 +113,19 @@ def test_top_level_config_is_the_canonical_one():
     top = Config.fromfile(osp.join(REPO_ROOT, 'configs', 'naslora_sam_b_isic.py')).to_dict()
     canonical = Config.fromfile(CANONICAL).to_dict()
     assert top == canonical
+
+
+EXPORT_CONFIGS = sorted(glob.glob(osp.join(REPO_ROOT, 'configs', '*', 'naslora-linbn_*.py')))
+
+
+@pytest.mark.parametrize('path', EXPORT_CONFIGS, ids=osp.basename)
+def test_export_configs_differ_only_in_a_collapsible_cell(path):
+    cfg = Config.fromfile(path)
+    base = Config.fromfile(osp.join(osp.dirname(path),
+                                    osp.basename(path).replace('naslora-linbn_', 'naslora_')))
+    adapter = cfg.model.backbone.adapter
+    assert adapter.op_variant == 'linear_bn' and 'max_pool_3x3' not in adapter.primitives
+    cfg.model.backbone.adapter = base.model.backbone.adapter
+    assert cfg.to_dict() == base.to_dict()
+    layer = MODELS.build(dict(adapter, base_layer=torch.nn.Linear(16, 48)))
+    assert layer.bottleneck_map() is not None  # tools/export.py --mode collapse works

@@ -20,7 +20,8 @@ ADAPTERS = {
     'conv_lora': dict(type='ConvLoRA', rank=3),
     'nas_darts': dict(type='NASLoRA', rank=3),
     'nas_linear': dict(type='NASLoRA', rank=3, op_variant='linear', primitives=LINEAR_OPS),
-    'nas_pc_random': dict(type='NASPCLoRA', rank=3, pc_channel_choice='random'),
+    'nas_pc_random': dict(type='NASPCLoRA', rank=3, pc_channel_choice='random',
+                          op_variant='linear'),
 }
 
 

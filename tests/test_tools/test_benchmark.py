@@ -74,8 +74,8 @@ def test_quick_run_values_are_consistent(quick):
     # Exports: folding and collapsing are exact, top-k is an approximation.
     assert rows['lora']['export_mode'] == 'fold'
     assert rows['lora']['export_max_abs_diff'] < 1e-4
-    assert rows['nas_lora_linear_s2']['export_mode'] == 'collapse'
-    assert rows['nas_lora_linear_s2']['export_max_abs_diff'] < 1e-4
+    assert rows['nas_lora_linbn_s2']['export_mode'] == 'collapse'
+    assert rows['nas_lora_linbn_s2']['export_max_abs_diff'] < 1e-4
     assert rows['nas_lora_s2']['export_mode'] == 'topk2'
     assert rows['nas_lora_s2']['export_max_abs_diff'] > 0
     for name in ('frozen', 'full', 'conv_lora'):

@@ -60,9 +60,13 @@ class ConvLoRA(LoRA):
       with autocast disabled, whatever the activation dtype.
     * Dropout, if any, is :class:`LoRA`'s (on the branch output); the
       reference drops out the input of ``A``.
+    * ``mask_padding=True`` (the default) keeps window padding out: the gate
+      pools over real tokens only and each window's experts run on its real
+      part alone, as on the unpadded grid. The reference runs on the padded
+      windows; ``mask_padding=False`` reproduces it.
 
-    It cannot be merged into ``W0`` (the convs mix neighbouring tokens), so
-    :attr:`mergeable` is False.
+    It is not linear (gated GELU experts), so it neither merges into ``W0``
+    nor collapses: :meth:`bottleneck_map` is None.
 
     Args:
         base_layer (nn.Linear): The frozen layer to adapt.
@@ -83,6 +87,8 @@ class ConvLoRA(LoRA):
         multiply_by_gates (bool): Scale expert outputs by their gate value
             (in the reference's log-space sense: ``+ log g``). Defaults to
             False, as in the reference.
+        mask_padding (bool): Keep window-padding tokens out of the gate and
+            the experts (see :class:`LoRA`). Defaults to True.
     """
 
     def __init__(self,
@@ -96,7 +102,8 @@ class ConvLoRA(LoRA):
                  noisy_gating: bool = True,
                  loss_coef: float = 1e-2,
                  noise_epsilon: float = 1e-2,
-                 multiply_by_gates: bool = False) -> None:
+                 multiply_by_gates: bool = False,
+                 mask_padding: bool = True) -> None:
         super().__init__(base_layer, rank=rank, alpha=alpha, dropout=dropout)
         if int(num_experts) != num_experts or num_experts < 1:
             raise ValueError(f'ConvLoRA num_experts must be an integer >= 1, '
@@ -119,6 +126,7 @@ class ConvLoRA(LoRA):
         self.loss_coef = float(loss_coef)
         self.noise_epsilon = float(noise_epsilon)
         self.multiply_by_gates = multiply_by_gates
+        self.mask_padding = bool(mask_padding)
 
         self.experts = nn.ModuleList()
         for _ in scales:
@@ -130,16 +138,30 @@ class ConvLoRA(LoRA):
         # Run-time state of the last forward, not module state.
         self.aux_loss: Optional[torch.Tensor] = None
 
-    def bottleneck(self, z: torch.Tensor) -> torch.Tensor:
+    def bottleneck(self, z: torch.Tensor,
+                   mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Return ``z + E_k(z)`` for ``z`` of shape ``(N, H, W, r)``."""
         self.aux_loss = None
         x = z.permute(0, 3, 1, 2)
-        gates, top_indices, self.aux_loss = self.gate(x)
-        mixed = self._run_experts(x, gates, top_indices)
+        m = None if mask is None else mask.permute(0, 3, 1, 2)
+        gates, top_indices, self.aux_loss = self.gate(x, m)
+        if m is None:
+            mixed = self._run_experts(x, gates, top_indices)
+        else:
+            mixed = self._run_experts_on_real_part(x, m, gates, top_indices)
         return z + mixed.permute(0, 2, 3, 1)
 
-    def gate(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def bottleneck_map(self, dtype: torch.dtype = torch.float64) -> None:
+        return None
+
+    def gate(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None
+             ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Noisy top-k gating of ``x`` (N, r, H, W), one decision per sample.
+
+        Args:
+            x (Tensor): The bottleneck map.
+            mask (Tensor, optional): ``(N, 1, H, W)`` real positions; the
+                pooled feature averages over them only.
 
         Returns:
             tuple: ``gates`` (N, num_experts) fp32, zero outside the top-k;
@@ -147,7 +169,11 @@ class ConvLoRA(LoRA):
             balance loss.
         """
         with torch.autocast(device_type=x.device.type, enabled=False):
-            feats = x.float().mean(dim=(2, 3))
+            if mask is None:
+                feats = x.float().mean(dim=(2, 3))
+            else:
+                m = mask.float()
+                feats = (x.float() * m).sum((2, 3)) / m.sum((2, 3))
             clean = feats @ self.w_gate.float()
             noisy = self.noisy_gating and self.training
             if noisy:
@@ -183,6 +209,25 @@ class ConvLoRA(LoRA):
         prob_if_in = _normal_cdf((clean - threshold_if_in) / noise_std)
         prob_if_out = _normal_cdf((clean - threshold_if_out) / noise_std)
         return torch.where(is_in, prob_if_in, prob_if_out)
+
+    def _run_experts_on_real_part(self, x: torch.Tensor, mask: torch.Tensor,
+                                  gates: torch.Tensor, top_indices: torch.Tensor
+                                  ) -> torch.Tensor:
+        """:meth:`_run_experts` on each window's real (top-left) part, zero elsewhere.
+
+        Windows are grouped by the size of their real part (at most four
+        groups: inner, right, bottom, corner), so resizing and convolving see
+        exactly the unpadded tokens.
+        """
+        _, _, h, w = x.shape
+        heights = mask[:, 0, :, 0].sum(1)
+        widths = mask[:, 0, 0, :].sum(1)
+        mixed = torch.zeros_like(x)
+        for rh, rw in torch.stack([heights, widths], 1).unique(dim=0).tolist():
+            rows = ((heights == rh) & (widths == rw)).nonzero(as_tuple=True)[0]
+            part = self._run_experts(x[rows, :, :rh, :rw], gates[rows], top_indices[rows])
+            mixed = mixed.index_copy(0, rows, F.pad(part, (0, w - rw, 0, h - rh)))
+        return mixed
 
     def _run_experts(self, x: torch.Tensor, gates: torch.Tensor,
                      top_indices: torch.Tensor) -> torch.Tensor:

@@ -1,34 +1,38 @@
 """Turn trained adapters into their inference form ("no re-training").
 
-Three modes; ``fold`` and ``collapse`` reproduce the eval-mode model exactly,
-``topk`` approximates it:
+Three modes, all read off :meth:`LoRA.bottleneck_map` (the bottleneck as a
+linear map in eval mode, if it is one); ``fold`` and ``collapse`` reproduce
+the eval-mode model exactly, ``topk`` approximates it:
 
 ``fold``
-    Every adapter must be token-wise linear (a :attr:`LoRA.mergeable` LoRA,
-    or a ``token_wise`` NAS cell or 1x1 :class:`ConvBottleneckLoRA`);
-    ``s·B·M·A`` is added to ``W0`` and the adapter is replaced by its base
-    ``nn.Linear``. The state dict then has the keys of an un-adapted model
-    (``qkv.base_layer.weight`` -> ``qkv.weight``) and the backbone config
-    takes ``adapter=None``.
+    Every adapter must be :attr:`LoRA.mergeable` (a token-wise map
+    ``M·z + b``): ``s·B·M·A`` is added to ``W0`` and ``s·B·b`` to its bias,
+    and the adapter is replaced by its base ``nn.Linear``. The state dict
+    then has the keys of an un-adapted model (``qkv.base_layer.weight`` ->
+    ``qkv.weight``), the backbone config takes ``adapter=None``, and the
+    model costs exactly what the frozen one does.
 ``collapse``
-    Every NAS-LoRA cell whose ops are all linear becomes one convolution
-    (:meth:`NASLoRA.collapse`, a :class:`ConvBottleneckLoRA`).
+    Every adapter with a linear bottleneck (NAS-LoRA cells of
+    ``op_variant='linear_bn'``/``'linear'`` without max-pool, LoRA,
+    :class:`ConvBottleneckLoRA`) becomes one :class:`ConvBottleneckLoRA`
+    (:meth:`ConvBottleneckLoRA.from_adapter`): ``A``, one ``r x r`` conv
+    with a bias, ``B``. A spatial cell mixes tokens and cannot enter ``W0``.
 ``topk``
-    Every NAS-LoRA cell keeps its k most weighted ops
-    (:meth:`NASLoRA.prune_topk`); the config records them per layer.
+    Every NAS-LoRA cell keeps its k most weighted real ops at their trained
+    weights (:meth:`NASLoRA.prune_topk`); the config records them per layer.
 
 :func:`export_adapters` does the conversion in place and returns the adapter
 config that rebuilds the converted model; ``tools/export.py`` is its CLI.
 """
 from typing import List, Optional, Tuple
 
-import torch
 import torch.nn as nn
 
-from .inject import iter_adapters
+from .conv_bottleneck_lora import ConvBottleneckLoRA
+from .inject import iter_adapters, replace_module
 from .lora import LoRA
-from .nas_lora import ConvBottleneckLoRA, NASLoRA
-from .ops import PRIMITIVES, pad_kernel
+from .nas_lora import NASLoRA
+from .ops import PRIMITIVES
 
 EXPORT_MODES = ('fold', 'collapse', 'topk')
 
@@ -56,6 +60,9 @@ def export_adapters(model: nn.Module, mode: str,
     if not adapters:
         raise ValueError(f'{type(model).__name__} holds no adapter; there is '
                          'nothing to export.')
+    if any(not name for name, _ in adapters):
+        raise ValueError('export_adapters needs the module that contains the '
+                         'adapters, not an adapter itself.')
     common = _common_args(adapters)
     if mode == 'fold':
         return _fold(model, adapters)
@@ -65,45 +72,39 @@ def export_adapters(model: nn.Module, mode: str,
 
 
 def _fold(model: nn.Module, adapters: List[Tuple[str, LoRA]]) -> None:
-    refused = [f'{name} ({type(a).__name__})' for name, a in adapters
-               if not (a.mergeable or getattr(a, 'token_wise', False))]
+    refused = [f'{name} ({type(a).__name__}: {a._merge_refusal()})'
+               for name, a in adapters if not a.mergeable]
     if refused:
         raise ValueError(
-            f'--mode fold needs token-wise adapters, but {refused[:3]}'
-            f'{" ..." if len(refused) > 3 else ""} mix neighbouring tokens; '
-            'use --mode collapse (linear NAS cells) or --mode topk.')
+            f'--mode fold needs token-wise adapters, but {_first(refused)}; '
+            'use --mode collapse (linear cells) or --mode topk.')
     for name, adapter in adapters:
-        if adapter.mergeable:
-            adapter.merge()
-        else:  # a 1x1 cell: LoRA.merge refuses any non-identity bottleneck
-            weight = adapter.base_layer.weight
-            with torch.no_grad():
-                weight.copy_((weight.float() + adapter.delta_weight().to(
-                    weight.device)).to(weight.dtype))
-        _replace(model, name, adapter.base_layer)
+        adapter.merge()
+        replace_module(model, name, adapter.base_layer)
     return None
 
 
 def _collapse(model: nn.Module, adapters: List[Tuple[str, LoRA]],
               common: dict) -> dict:
-    refused = [f'{name} ({type(a).__name__})' for name, a in adapters
-               if not isinstance(a, (NASLoRA, ConvBottleneckLoRA))
-               or (isinstance(a, NASLoRA) and not a.collapsible)]
+    refused = [f'{name} ({_why_not_linear(a)})' for name, a in adapters
+               if a.bottleneck_map() is None]
     if refused:
         raise ValueError(
-            f'--mode collapse needs NAS-LoRA cells of linear ops, but '
-            f'{refused[:3]}{" ..." if len(refused) > 3 else ""} are not; '
-            "train with op_variant='linear' and no 'max_pool_3x3' to "
-            'collapse, fold plain LoRA with --mode fold, or use --mode topk.')
-    converted = [(name, a.collapse() if isinstance(a, NASLoRA) else a)
-                 for name, a in adapters]
-    # One config builds every layer, so all kernels take the largest size.
-    size = max(a.kernel_size for _, a in converted)
-    for name, adapter in converted:
-        if adapter.kernel_size != size:
-            adapter = _widen(adapter, size)
-        _replace(model, name, adapter)
-    return dict(type='ConvBottleneckLoRA', **common, kernel_size=size)
+            f'--mode collapse needs linear bottlenecks, but {_first(refused)}; '
+            "train NAS-LoRA with op_variant='linear_bn' and without "
+            "'max_pool_3x3' to collapse, or export with --mode topk.")
+    maps = [a.bottleneck_map() for _, a in adapters]
+    # One config builds every layer: one kernel size, one bias flag, one masking.
+    size = max(m.kernel_size for m in maps)
+    masking = {a.spatial and a.mask_padding for _, a in adapters}
+    if len(masking) > 1:
+        raise ValueError('--mode collapse: some adapters mask window padding and '
+                         'others do not; one adapter config cannot describe both.')
+    bias = any(m.bias is not None for m in maps)
+    for name, adapter in adapters:
+        replace_module(model, name, ConvBottleneckLoRA.from_adapter(adapter, size, bias))
+    return dict(type='ConvBottleneckLoRA', **common, kernel_size=size, bias=bias,
+                mask_padding=masking.pop())
 
 
 def _topk(model: nn.Module, adapters: List[Tuple[str, LoRA]], common: dict,
@@ -111,17 +112,12 @@ def _topk(model: nn.Module, adapters: List[Tuple[str, LoRA]], common: dict,
     refused = [name for name, a in adapters if not isinstance(a, NASLoRA)]
     if refused:
         raise ValueError(f'--mode topk applies to NAS-LoRA cells only, but '
-                         f'{refused[:3]} are not; use --mode fold for LoRA.')
-    first = adapters[0][1]
-    settings = dict(op_variant=first.op_variant, residual=first.residual,
-                    pc_ratio=first.pc_ratio,
-                    pc_channel_choice=first.pc_channel_choice,
-                    fused=first.fused)
+                         f'{_first(refused)} are not; use --mode fold for LoRA.')
+    keys = ('op_variant', 'residual', 'pc_ratio', 'pc_channel_choice', 'fused',
+            'mask_padding')
+    settings = {k: getattr(adapters[0][1], k) for k in keys}
     for name, adapter in adapters:
-        mine = dict(op_variant=adapter.op_variant, residual=adapter.residual,
-                    pc_ratio=adapter.pc_ratio,
-                    pc_channel_choice=adapter.pc_channel_choice,
-                    fused=adapter.fused)
+        mine = {k: getattr(adapter, k) for k in keys}
         if mine != settings:
             raise ValueError(f'{name} has NASLoRA settings {mine}, unlike '
                              f'{settings}; one adapter config cannot '
@@ -129,7 +125,7 @@ def _topk(model: nn.Module, adapters: List[Tuple[str, LoRA]], common: dict,
     kept = []
     for name, adapter in adapters:
         pruned = adapter.prune_topk(topk)
-        _replace(model, name, pruned)
+        replace_module(model, name, pruned)
         kept.append(pruned.primitives)
     primitives = [p for p in PRIMITIVES if any(p in k for k in kept)]
     return dict(type='NASLoRA', **common, primitives=primitives, **settings,
@@ -140,10 +136,8 @@ def _common_args(adapters: List[Tuple[str, LoRA]]) -> dict:
     """rank/alpha/dropout shared by all adapters (one config builds them)."""
     found = {}
     for name, adapter in adapters:
-        dropout = adapter.dropout.p if isinstance(adapter.dropout,
-                                                  nn.Dropout) else 0.
         args = dict(rank=adapter.rank, alpha=adapter.scaling * adapter.rank,
-                    dropout=dropout)
+                    dropout=getattr(adapter.dropout, 'p', 0.))
         if found and args != found:
             raise ValueError(f'adapter {name} has {args}, unlike {found} of '
                              'the others; one adapter config cannot '
@@ -152,21 +146,13 @@ def _common_args(adapters: List[Tuple[str, LoRA]]) -> dict:
     return found
 
 
-def _widen(adapter: ConvBottleneckLoRA, size: int) -> ConvBottleneckLoRA:
-    wide = ConvBottleneckLoRA(adapter.base_layer, rank=adapter.rank,
-                              kernel_size=size)
-    wide.scaling = adapter.scaling
-    wide.dropout = adapter.dropout
-    wide.grid_size = adapter.grid_size
-    wide.lora_A, wide.lora_B = adapter.lora_A, adapter.lora_B
-    wide.conv.weight.data = pad_kernel(adapter.conv.weight.data, size)
-    return wide.to(adapter.lora_A.weight.device).train(adapter.training)
+def _why_not_linear(adapter: LoRA) -> str:
+    if isinstance(adapter, NASLoRA):
+        return (f'op_variant={adapter.op_variant!r}, not affine: '
+                f'{adapter.nonlinear_primitives()}')
+    return f'{type(adapter).__name__} is not linear'
 
 
-def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
-    if not name:
-        raise ValueError('export_adapters needs the module that contains the '
-                         'adapters, not an adapter itself.')
-    parent_name, _, attr = name.rpartition('.')
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, attr, module)
+def _first(items: List[str], count: int = 3) -> str:
+    more = f' and {len(items) - count} more' if len(items) > count else ''
+    return ', '.join(items[:count]) + more

@@ -53,9 +53,8 @@ def inject_adapters(model: nn.Module,
                          f'target {target!r}; nothing to adapt.')
     adapters = []
     for name, linear in candidates:
-        parent, attr = _parent(model, name)
         adapters.append(MODELS.build(dict(adapter_cfg, base_layer=linear)))
-        setattr(parent, attr, adapters[-1])
+        replace_module(model, name, adapters[-1])
     type(adapters[0]).after_inject(adapters)
     return [name for name, _ in candidates]
 
@@ -65,6 +64,38 @@ def iter_adapters(model: nn.Module) -> Iterator[Tuple[str, LoRA]]:
     for name, module in model.named_modules():
         if isinstance(module, LoRA):
             yield name, module
+
+
+def replace_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    """Put ``module`` in place of ``model``'s submodule ``name``."""
+    if not name:
+        raise ValueError('replace_module needs the name of a submodule, not the '
+                         'model itself.')
+    parent_name, _, attr = name.rpartition('.')
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, attr, module)
+
+
+def set_valid_size(module: nn.Module, size: Tuple[int, int]) -> None:
+    """Tell every adapter inside ``module`` the unpadded size of the map it tiles."""
+    for _, adapter in iter_adapters(module):
+        adapter.valid_size = (int(size[0]), int(size[1]))
+
+
+def track_valid_size(blocks: Sequence[nn.Module]) -> None:
+    """Keep :func:`set_valid_size` current for blocks that take ``(B, H, W, C)`` maps.
+
+    SAM's and SAM 2's blocks pad their input up to whole windows; a
+    pre-forward hook records the unpadded ``(H, W)`` on each call, so it also
+    holds inside an activation checkpoint's recomputation.
+    """
+    for block in blocks:
+        if any(True for _ in iter_adapters(block)):
+            block.register_forward_pre_hook(_record_valid_size)
+
+
+def _record_valid_size(block: nn.Module, args: tuple) -> None:
+    set_valid_size(block, args[0].shape[1:3])
 
 
 def merge_adapters(model: nn.Module) -> int:
@@ -103,7 +134,3 @@ def _block_index(name: str, pattern: str) -> Optional[int]:
     match = re.search(pattern, name)
     return int(match.group(1)) if match else None
 
-
-def _parent(model: nn.Module, name: str) -> Tuple[nn.Module, str]:
-    parent_name, _, attr = name.rpartition('.')
-    return (model.get_submodule(parent_name) if parent_name else model), attr

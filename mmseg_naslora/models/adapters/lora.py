@@ -5,13 +5,39 @@ inside the rank-r bottleneck, so they subclass :class:`LoRA` and override
 :meth:`LoRA.bottleneck`. The layer owns its state, forward and merge; putting
 it into a model is :mod:`.inject`'s job (the split follows peft's
 ``LoraLayer``/``LoraModel``).
+
+Every bottleneck that is linear says so through :meth:`LoRA.bottleneck_map`
+(a convolution plus a bias in eval mode). Merging into ``W0``
+(:meth:`LoRA.merge`, ``tools/export.py --mode fold``) and collapsing into one
+convolution (``--mode collapse``) are both read off that map.
 """
 import math
-from typing import List, Optional, Tuple
+from typing import List, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn as nn
 from mmseg.registry import MODELS
+
+
+class BottleneckMap(NamedTuple):
+    """A linear bottleneck: ``conv(z, kernel, padding=k // 2) + bias`` on ``(N, r, H, W)``.
+
+    Args:
+        kernel (Tensor): ``(r, r, k, k)``, odd ``k``.
+        bias (Tensor, optional): ``(r, )``, or None for no bias.
+    """
+
+    kernel: torch.Tensor
+    bias: Optional[torch.Tensor]
+
+    @property
+    def kernel_size(self) -> int:
+        return self.kernel.shape[-1]
+
+    @property
+    def token_wise(self) -> bool:
+        """Whether it is a 1x1 map, i.e. ``M·z + b`` at every token."""
+        return self.kernel_size == 1
 
 
 @MODELS.register_module()
@@ -25,6 +51,12 @@ class LoRA(nn.Module):
     The input keeps its token-grid shape ``(N, H, W, C)`` (SAM ViT windows or
     global grids); a flat ``(N, L, C)`` input is viewed as a grid of
     :attr:`grid_size`, or as a square grid when that is unset.
+
+    Window padding: the backbone sets :attr:`valid_size`, the size of the
+    map that the windows tile. A spatial bottleneck with ``mask_padding``
+    then sees zeros at the padded positions, leaves them out of its
+    statistics and writes zeros there (:meth:`padding_mask`), so a real
+    token's update is what it would be on the unpadded grid.
 
     Args:
         base_layer (nn.Linear): The frozen layer to adapt (e.g. a fused qkv).
@@ -52,6 +84,7 @@ class LoRA(nn.Module):
         self.lora_B = nn.Linear(self.rank, base_layer.out_features, bias=False)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.grid_size: Optional[Tuple[int, int]] = None
+        self.valid_size: Optional[Tuple[int, int]] = None
         self.merged = False
         self.reset_parameters()
         base_layer.requires_grad_(False)
@@ -75,18 +108,79 @@ class LoRA(nn.Module):
         A hook for cross-layer state (e.g. NAS-LoRA's shared α); no-op here.
         """
 
-    def bottleneck(self, z: torch.Tensor) -> torch.Tensor:
-        """Transform ``z = A·x`` of shape ``(N, H, W, r)``; identity here."""
+    #: Whether a spatial bottleneck keeps window padding out (see the class doc).
+    mask_padding: bool = False
+
+    def bottleneck(self, z: torch.Tensor,
+                   mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Transform ``z = A·x`` of shape ``(N, H, W, r)``; identity here.
+
+        Args:
+            z (Tensor): The bottleneck map, zero at padded positions.
+            mask (Tensor, optional): ``(N, H, W, 1)`` bool, True at real
+                tokens; passed only when something is padded and
+                :attr:`mask_padding` is set, so a subclass without masking may
+                take ``z`` alone. The output is zeroed outside it afterwards;
+                a bottleneck needs the mask only for statistics and for ops
+                that do not map zeros to zeros.
+        """
         return z
+
+    def bottleneck_map(self, dtype: torch.dtype = torch.float64
+                       ) -> Optional[BottleneckMap]:
+        """The bottleneck as a linear map in eval mode, or None if it is not linear.
+
+        The identity for LoRA; None for an overridden :meth:`bottleneck`
+        unless the subclass says what it is by overriding this too.
+        """
+        if self.spatial:
+            return None
+        return BottleneckMap(torch.eye(self.rank, dtype=dtype)[:, :, None, None], None)
+
+    @property
+    def spatial(self) -> bool:
+        """Whether the bottleneck is overridden, so it runs on the token grid."""
+        return type(self).bottleneck is not LoRA.bottleneck
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base_layer(x)
         if self.merged:
             return out
         z = self.lora_A(x.to(self.lora_A.weight.dtype))
-        if not self.mergeable:  # a spatial bottleneck needs the token grid
-            z = self.bottleneck(self._to_grid(z)).reshape(z.shape)
+        if self.spatial:
+            grid = self._to_grid(z)
+            mask = self.padding_mask(grid) if self.mask_padding else None
+            if mask is None:
+                grid = self.bottleneck(grid)
+            else:
+                grid = self.bottleneck(grid * mask.to(grid.dtype), mask) * mask.to(grid.dtype)
+            z = grid.reshape(z.shape)
         return out + self.dropout(self.lora_B(z)).to(out.dtype) * self.scaling
+
+    def padding_mask(self, grid: torch.Tensor) -> Optional[torch.Tensor]:
+        """``(N, h, w, 1)`` bool, True at real tokens, for windows of :attr:`valid_size`.
+
+        Windows are taken in ``window_partition`` order (batch, then window
+        rows, then window columns) with the padding at the bottom and right,
+        as SAM, SAM 2 and TinyViT pad. None when nothing is padded.
+        """
+        if self.valid_size is None:
+            return None
+        height, width = self.valid_size
+        n, h, w = grid.shape[:3]
+        rows, cols = -(-height // h), -(-width // w)
+        if rows * h == height and cols * w == width:
+            return None
+        if n % (rows * cols):
+            raise ValueError(
+                f'{type(self).__name__}: {n} windows of {h}x{w} cannot tile a '
+                f'{height}x{width} map ({rows}x{cols} windows per image); the '
+                'backbone set a stale `valid_size`.')
+        inside_h = torch.arange(rows * h, device=grid.device).view(rows, h) < height
+        inside_w = torch.arange(cols * w, device=grid.device).view(cols, w) < width
+        mask = inside_h[:, None, :, None] & inside_w[None, :, None, :]
+        return mask.reshape(1, rows * cols, h, w, 1).expand(
+            n // (rows * cols), -1, -1, -1, -1).reshape(n, h, w, 1)
 
     def _to_grid(self, z: torch.Tensor) -> torch.Tensor:
         if z.dim() == 4:
@@ -105,36 +199,65 @@ class LoRA(nn.Module):
     # Merging, in fp32 so that repeated merge/unmerge does not drift.
     @property
     def mergeable(self) -> bool:
-        """Whether the bottleneck is token-wise linear, so ``W0`` can absorb it."""
-        return type(self).bottleneck is LoRA.bottleneck
+        """Whether :meth:`merge` can fold the adapter into the base layer."""
+        return self._merge_refusal() is None
+
+    def _merge_refusal(self) -> Optional[str]:
+        linear = self.bottleneck_map()
+        if linear is None:
+            return 'its bottleneck is not linear'
+        if not linear.token_wise:
+            return (f'its bottleneck is a {linear.kernel_size}x{linear.kernel_size} '
+                    'map that mixes neighbouring tokens')
+        if self.spatial and self.mask_padding:
+            return ('it zeroes padded window tokens (mask_padding=True), which a '
+                    'merged weight cannot do')
+        if linear.bias is not None and self.base_layer.bias is None:
+            return 'its bottleneck has a bias and the base layer has none'
+        return None
+
+    def delta(self) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """The dense update ``(s·B·M·A, s·B·b)`` of a token-wise map ``M·z + b``, fp32."""
+        linear = self.bottleneck_map()
+        if linear is None or not linear.token_wise:
+            raise RuntimeError(f'{type(self).__name__}: {self._merge_refusal()}; '
+                               'it has no dense update.')
+        lora_b = self.lora_B.weight.double()
+        weight = lora_b @ linear.kernel[:, :, 0, 0].to(lora_b) @ self.lora_A.weight.double()
+        bias = None if linear.bias is None else lora_b @ linear.bias.to(lora_b)
+        return ((weight * self.scaling).float(),
+                None if bias is None else (bias * self.scaling).float())
 
     def delta_weight(self) -> torch.Tensor:
-        """The dense update ``s·B·A``, shaped like the base weight, in fp32."""
-        return (self.lora_B.weight.float() @ self.lora_A.weight.float()) * self.scaling
+        """The weight part of :meth:`delta`, shaped like the base weight."""
+        return self.delta()[0]
 
     def merge(self) -> None:
-        """Fold the update into the base weight; the forward then skips the branch."""
+        """Fold the update into the base layer; the forward then skips the branch."""
         if self.merged:
             return
-        if not self.mergeable:
+        refusal = self._merge_refusal()
+        if refusal is not None:
             raise RuntimeError(
-                f'{type(self).__name__} mixes neighbouring tokens in its '
-                'bottleneck and cannot be folded into the linear weight; '
-                'use tools/export.py to collapse it instead.')
-        self._add_to_base(self.delta_weight())
+                f'{type(self).__name__} cannot be folded into the linear layer: '
+                f'{refusal}; use tools/export.py --mode collapse instead.')
+        self._add_to_base(*self.delta())
         self.merged = True
 
     def unmerge(self) -> None:
-        """Undo :meth:`merge`, restoring the base weight."""
+        """Undo :meth:`merge`, restoring the base layer."""
         if not self.merged:
             return
-        self._add_to_base(-self.delta_weight())
+        weight, bias = self.delta()
+        self._add_to_base(-weight, None if bias is None else -bias)
         self.merged = False
 
-    def _add_to_base(self, delta: torch.Tensor) -> None:
-        weight = self.base_layer.weight
+    def _add_to_base(self, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> None:
         with torch.no_grad():
-            weight.copy_((weight.float() + delta.to(weight.device)).to(weight.dtype))
+            for param, delta in ((self.base_layer.weight, weight),
+                                 (self.base_layer.bias, bias)):
+                if delta is not None:
+                    param.copy_((param.float() + delta.to(param.device)).to(param.dtype))
 
     def extra_repr(self) -> str:
         return (f'in={self.in_features}, out={self.out_features}, '

@@ -6,14 +6,14 @@ Visual Foundation Models with Searchable Adaptation", 2025
 on the token grid (per window in SAM's windowed blocks) and goes through
 the DARTS mixed op ``Σ_i softmax(α)_i·O_i(z)`` (Liu et al., DARTS, ICLR 2019)
 before ``B``. NAS-PC-LoRA sends only part of the channels through the mixed
-op and shuffles them with the rest, as PC-DARTS does (Xu et al., "PC-DARTS:
-Partial Channel Connections for Memory-Efficient Architecture Search",
-ICLR 2020).
+op, as PC-DARTS does (Xu et al., "PC-DARTS: Partial Channel Connections for
+Memory-Efficient Architecture Search", ICLR 2020).
 
-Export ("no decoding, no re-training"): a cell whose ops are all linear
-collapses into one ``r x r`` convolution (:meth:`NASLoRA.collapse`, giving a
-:class:`ConvBottleneckLoRA`); otherwise the top-k ops can be kept
-(:meth:`NASLoRA.prune_topk`).
+Export ("no decoding, no re-training"): a cell whose ops are all affine in
+eval mode (``op_variant='linear_bn'`` or ``'linear'`` without max-pool) is
+one ``r x r`` convolution plus a bias (:meth:`NASLoRA.bottleneck_map`,
+collapsed by ``tools/export.py --mode collapse``); any cell can keep its
+top-k ops at their trained weights (:meth:`NASLoRA.prune_topk`).
 """
 import copy
 import math
@@ -24,10 +24,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from mmseg.registry import MODELS
 
-from .arch import ALPHA_MARKER
-from .lora import LoRA
-from .ops import (OP_VARIANTS, PRIMITIVES, CandidateOp, Zero, build_op,
-                  pad_kernel)
+from .lora import BottleneckMap, LoRA
+from .ops import OP_VARIANTS, PRIMITIVES, CandidateOp, Zero, build_op, pad_kernel
 
 PC_CHANNEL_CHOICES = ('fixed', 'random')
 #: Above this many mixed channels the per-op loop is faster than one fused conv.
@@ -38,31 +36,6 @@ def num_mixed_channels(rank: int, pc_ratio: float) -> int:
     """``ceil(pc_ratio·rank)``, the channels NAS-PC-LoRA sends through the ops."""
     # The tolerance keeps ratios such as 2/3 from rounding up past P·r.
     return math.ceil(pc_ratio * rank - 1e-9)
-
-
-def channel_shuffle_order(num_mixed: int, num_channels: int) -> List[int]:
-    """Output channel order of the PC shuffle, as indices into ``[mixed, bypass]``.
-
-    PC-DARTS concatenates the ``C/k`` processed channels with the bypassed
-    ones and calls ``channel_shuffle(x, groups=k)``. Here the two groups
-    (mixed ``m`` and bypass ``b``) generally differ in size, so the shuffle
-    is the groups=2 interleave ``m0, b0, m1, b1, ...`` with the leftover of
-    the larger group appended in order. For equal halves this is exactly
-    ``channel_shuffle(x, groups=2)``.
-
-    Args:
-        num_mixed (int): Channels that went through the mixed op (first).
-        num_channels (int): All channels.
-
-    Returns:
-        list[int]: ``order`` such that ``out = x[:, order]``.
-    """
-    mixed = list(range(num_mixed))
-    bypass = list(range(num_mixed, num_channels))
-    order = []
-    for i in range(max(len(mixed), len(bypass))):
-        order += mixed[i:i + 1] + bypass[i:i + 1]
-    return order
 
 
 def _check_primitives(primitives: Sequence[str], key: str) -> List[str]:
@@ -91,17 +64,17 @@ class NASLoRA(LoRA):
     starts equal to ``W0`` and ``∂L/∂α`` is exactly zero until ``B`` moves.
 
     NAS-PC-LoRA (``pc_ratio < 1``): ``c = ceil(pc_ratio·r)`` channels go
-    through the mixed op (built on c channels), the other ``r - c`` bypass
-    it, and the r outputs are reordered by :func:`channel_shuffle_order`.
+    through the mixed op (built on c channels) and the other ``r - c``
+    bypass it. PC-DARTS then shuffles the channels so that the *next* cell
+    samples other ones; here the next layer is the dense, zero-initialised
+    ``B``, which absorbs any fixed permutation, so no shuffle is applied.
     With ``pc_channel_choice='random'`` every training forward picks a new
-    random subset of c channels; each result is written back to its own
-    channel slot (bypassed slots keep ``z``), then the same fixed shuffle is
-    applied, so ``B`` always sees channel j in the same position. Evaluation
-    uses the first c channels, as ``'fixed'`` does.
+    random subset of c channels and evaluation uses the first c. That is
+    only consistent for ops without statistics (``op_variant='linear'``):
+    one BN would otherwise average over whichever subsets were drawn.
 
     The architecture weights are the parameter ``nas_alpha`` (see
-    :data:`ALPHA_MARKER`), one entry per primitive, initialised
-    ``1e-3·randn``.
+    :mod:`.arch`), one entry per primitive, initialised ``1e-3·randn``.
 
     Args:
         base_layer (nn.Linear): The frozen layer to adapt.
@@ -110,25 +83,28 @@ class NASLoRA(LoRA):
         dropout (float): Dropout on the branch output. Defaults to 0.
         primitives (Sequence[str]): Candidate op names, a subset of
             :data:`~.ops.PRIMITIVES`. Defaults to all eight.
-        op_variant (str): ``'darts'`` (ReLU-Conv-BN, the DARTS search ops)
-            or ``'linear'`` (no ReLU/BN; collapsible unless max-pool is
-            present). See :mod:`.ops`. Defaults to ``'darts'``.
+        op_variant (str): ``'darts'`` (ReLU-Conv-BN, the DARTS search ops),
+            ``'linear_bn'`` (linear ops + BN: searchable and collapsible
+            without max-pool) or ``'linear'`` (no ReLU/BN). See :mod:`.ops`.
+            Defaults to ``'darts'``.
         residual (bool): Use ``z + cell(z)``. Defaults to False.
         share_alpha (bool): Tie one α over all adapters of one injection.
             Defaults to False.
         pc_ratio (float): Fraction P in (0, 1] of channels through the mixed
             op; 1 is plain NAS-LoRA. ``P·r`` must be >= 1. Defaults to 1.
         pc_channel_choice (str): ``'fixed'`` (first c channels) or
-            ``'random'`` (a new subset per training forward). Defaults to
-            ``'fixed'``.
-        fused (bool, optional): Run the linear ops as one convolution by
-            their mixed kernel (exact, and differentiable in α and the op
-            weights). None picks it when the cell has >= 2 linear convs
-            and at most :data:`FUSED_MAX_CHANNELS` mixed channels (see
-            ``docs/nas_lora.md`` for the timing). Defaults to None.
+            ``'random'`` (a new subset per training forward; ``'linear'``
+            ops only). Defaults to ``'fixed'``.
+        fused (bool, optional): Run the bare convolutions (``is_linear``
+            ops) as one convolution by their mixed kernel (exact, and
+            differentiable in α and the op weights). None picks it when the
+            cell has >= 2 such convs and at most :data:`FUSED_MAX_CHANNELS`
+            mixed channels (see ``docs/nas_lora.md``). Defaults to None.
+        mask_padding (bool): Keep window-padding tokens out of the cell
+            (see :class:`LoRA`). Defaults to True.
         layer_primitives (list[list[str]], optional): Per adapted layer, in
-            injection order, the subset of ``primitives`` it keeps (written
-            by ``tools/export.py --mode topk``). Defaults to None.
+            injection order, the ops it keeps at their trained weights
+            (written by ``tools/export.py --mode topk``). Defaults to None.
     """
 
     def __init__(self,
@@ -143,6 +119,7 @@ class NASLoRA(LoRA):
                  pc_ratio: float = 1.,
                  pc_channel_choice: str = 'fixed',
                  fused: Optional[bool] = None,
+                 mask_padding: bool = True,
                  layer_primitives: Optional[Sequence[Sequence[str]]] = None
                  ) -> None:
         super().__init__(base_layer, rank=rank, alpha=alpha, dropout=dropout)
@@ -161,6 +138,13 @@ class NASLoRA(LoRA):
                 f'NASLoRA pc_ratio * rank = {pc_ratio} * {self.rank} < 1 sends '
                 'no channel through the ops; raise pc_ratio to at least '
                 f'1/{self.rank} or raise the rank.')
+        if pc_channel_choice == 'random' and pc_ratio < 1 and op_variant != 'linear':
+            raise ValueError(
+                f"NASLoRA pc_channel_choice='random' with op_variant={op_variant!r}: "
+                'its BatchNorms would keep one set of running statistics for '
+                'whichever channels each step drew, while evaluation always feeds '
+                "the first ones; use pc_channel_choice='fixed', or op_variant='linear' "
+                '(no statistics).')
         if fused not in (None, True, False):
             raise ValueError(f'NASLoRA fused must be None, True or False, '
                              f'got {fused!r}.')
@@ -171,6 +155,7 @@ class NASLoRA(LoRA):
         self.pc_ratio = float(pc_ratio)
         self.pc_channel_choice = pc_channel_choice
         self.fused = fused
+        self.mask_padding = bool(mask_padding)
         self.layer_primitives = None if layer_primitives is None else [
             _check_primitives(p, f'layer_primitives[{i}]')
             for i, p in enumerate(layer_primitives)
@@ -179,10 +164,9 @@ class NASLoRA(LoRA):
         self.ops = nn.ModuleList(
             build_op(p, self.num_mixed, op_variant) for p in self.primitives)
         self.nas_alpha = nn.Parameter(1e-3 * torch.randn(len(self.primitives)))
-        self.register_buffer(
-            'shuffle_order',
-            torch.tensor(channel_shuffle_order(self.num_mixed, self.rank)),
-            persistent=False)
+        # log Σ exp(α) of the ops a top-k export dropped: their share of the
+        # softmax stays out of the kept ops' weights (None: nothing dropped).
+        self.register_buffer('dropped_logit', None)
 
     # Cross-layer state -----------------------------------------------------
     @classmethod
@@ -196,7 +180,7 @@ class NASLoRA(LoRA):
                     f' entries but {len(adapters)} layers were adapted; give '
                     'one list per adapted layer (in model order).')
             for adapter, names in zip(adapters, first.layer_primitives):
-                adapter.restrict_primitives(names)
+                adapter.restrict_primitives(names, keep_weights=True)
         if first.share_alpha:
             for adapter in adapters[1:]:
                 if adapter.primitives != first.primitives:
@@ -206,62 +190,82 @@ class NASLoRA(LoRA):
                         f'{adapter.primitives}.')
                 adapter.nas_alpha = first.nas_alpha
 
-    def restrict_primitives(self, names: Sequence[str]) -> None:
-        """Keep only the ops ``names`` (with their weights and α entries)."""
+    def restrict_primitives(self, names: Sequence[str], keep_weights: bool = False) -> None:
+        """Keep only the ops ``names`` (with their weights and α entries).
+
+        Args:
+            names (Sequence[str]): Ops to keep.
+            keep_weights (bool): Keep the kept ops at their present
+                ``softmax(α)`` weights (the dropped ops' share is remembered
+                in ``dropped_logit``) instead of renormalising over them.
+        """
         names = _check_primitives(names, 'primitives to keep')
         missing = [n for n in names if n not in self.primitives]
         if missing:
             raise KeyError(f'cannot keep {missing}: this NASLoRA has only '
                            f'{self.primitives}.')
         index = [self.primitives.index(n) for n in names]
+        alpha = self.nas_alpha.detach()
+        if keep_weights:
+            dropped = [alpha[i].view(1) for i in range(len(alpha)) if i not in index]
+            if self.dropped_logit is not None:
+                dropped.append(self.dropped_logit.view(1))
+            if dropped:
+                self.dropped_logit = torch.cat(dropped).logsumexp(0)
         self.ops = nn.ModuleList(self.ops[i] for i in index)
-        self.nas_alpha = nn.Parameter(
-            self.nas_alpha.detach()[index].clone(),
-            requires_grad=self.nas_alpha.requires_grad)
+        self.nas_alpha = nn.Parameter(alpha[index].clone(),
+                                      requires_grad=self.nas_alpha.requires_grad)
         self.primitives = names
 
     # Forward -----------------------------------------------------------------
-    def arch_weights(self) -> torch.Tensor:
-        """``softmax(α)``, detached, in the order of :attr:`primitives`."""
-        return F.softmax(self.nas_alpha.detach(), dim=-1)
+    def op_weights(self) -> torch.Tensor:
+        """The mixing weights ``softmax(α)`` (with any dropped share), differentiable."""
+        if self.dropped_logit is None:
+            return F.softmax(self.nas_alpha, dim=-1)
+        logits = torch.cat([self.nas_alpha, self.dropped_logit.to(self.nas_alpha).view(1)])
+        return F.softmax(logits, dim=-1)[:-1]
 
-    def bottleneck(self, z: torch.Tensor) -> torch.Tensor:
+    def arch_weights(self) -> torch.Tensor:
+        """:meth:`op_weights`, detached, in the order of :attr:`primitives`."""
+        return self.op_weights().detach()
+
+    def bottleneck(self, z: torch.Tensor,
+                   mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         x = z.permute(0, 3, 1, 2)
-        y = self._partial_cell(x)
+        m = None if mask is None else mask.permute(0, 3, 1, 2)
+        y = self._partial_cell(x, m)
         if self.residual:
             y = x + y
         return y.permute(0, 2, 3, 1)
 
-    def _partial_cell(self, x: torch.Tensor) -> torch.Tensor:
+    def _partial_cell(self, x: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
         c = self.num_mixed
         if c == self.rank:
-            return self.mixed_op(x)
+            return self.mixed_op(x, mask)
         if self.training and self.pc_channel_choice == 'random':
             # CPU draw: activation checkpointing restores the CPU RNG on
             # recompute, so the recomputed forward picks the same channels.
             chosen = torch.randperm(self.rank)[:c].sort().values.to(x.device)
-            y = x.index_copy(1, chosen, self.mixed_op(x.index_select(1, chosen)))
-        else:
-            y = torch.cat([self.mixed_op(x[:, :c]), x[:, c:]], dim=1)
-        return y.index_select(1, self.shuffle_order)
+            return x.index_copy(1, chosen, self.mixed_op(x.index_select(1, chosen), mask))
+        return torch.cat([self.mixed_op(x[:, :c], mask), x[:, c:]], dim=1)
 
-    def mixed_op(self, x: torch.Tensor) -> torch.Tensor:
-        """``Σ_i softmax(α)_i·O_i(x)`` on ``(N, c, H, W)``; ``none`` is skipped."""
-        weights = F.softmax(self.nas_alpha, dim=-1).to(x.dtype)
+    def mixed_op(self, x: torch.Tensor,
+                 mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``Σ_i w_i·O_i(x)`` on ``(N, c, H, W)`` (:meth:`op_weights`); ``none`` is skipped."""
+        weights = self.op_weights().to(x.dtype)
         linear = [i for i, op in enumerate(self.ops)
                   if op.is_linear and not isinstance(op, Zero)]
         out = None
         if self._use_fused(linear):
             kernel = self._mix_kernels(weights, linear, x.dtype)
-            out = F.conv2d(x, kernel.to(x.device),
-                           padding=kernel.shape[-1] // 2)
+            out = F.conv2d(x, kernel.to(x.device), padding=kernel.shape[-1] // 2)
             loop = [i for i in range(len(self.ops)) if i not in linear]
         else:
             loop = range(len(self.ops))
         for i in loop:
             if isinstance(self.ops[i], Zero):
                 continue
-            term = weights[i] * self.ops[i](x)
+            term = weights[i] * self.ops[i](x, mask)
             out = term if out is None else out + term
         return torch.zeros_like(x) if out is None else out
 
@@ -282,114 +286,68 @@ class NASLoRA(LoRA):
             term = weights[i].to(dtype) * pad_kernel(
                 op.dense_kernel().to(weights.device, dtype), size)
             kernel = term if kernel is None else kernel + term
-        if kernel is None:
-            kernel = weights.new_zeros(self.num_mixed, self.num_mixed, 1, 1,
-                                       dtype=dtype)
         return kernel
 
     # Export ------------------------------------------------------------------
-    @property
-    def collapsible(self) -> bool:
-        """Whether every op is a convolution, so the cell is one conv."""
-        return all(op.is_linear for op in self.ops)
-
-    @property
-    def kernel_size(self) -> int:
-        """Side of the collapsed kernel (the largest op's receptive field)."""
-        sizes = [op.kernel_size for op in self.ops if not isinstance(op, Zero)]
-        return max(sizes, default=1)
-
-    @property
-    def token_wise(self) -> bool:
-        """Whether the cell is a 1x1 linear map (skip/none ops only).
-
-        Such a cell folds into ``W0`` (:meth:`delta_weight`, used by
-        ``tools/export.py --mode fold``). It stays non-``mergeable`` in
-        :class:`LoRA`'s sense, whose forward skips the bottleneck of a
-        mergeable adapter.
-        """
-        return self.collapsible and self.kernel_size == 1
-
     @torch.no_grad()
-    def collapsed_kernel(self, dtype: torch.dtype = torch.float64) -> torch.Tensor:
-        """The ``(r, r, k, k)`` kernel of the whole bottleneck in eval mode.
+    def bottleneck_map(self, dtype: torch.dtype = torch.float64
+                       ) -> Optional[BottleneckMap]:
+        """The eval-mode cell as one convolution plus a bias, or None.
 
-        ``K = Σ_i p_i·K_i`` (kernels centred in the largest one) on the mixed
-        channels, a centre delta on the bypassed ones, rows in the shuffled
-        order, plus a centre delta for the residual.
+        ``K = Σ_i w_i·K_i`` and ``b = Σ_i w_i·b_i`` over the ops' eval-mode
+        affine maps (each BN folded in), kernels centred in the largest one;
+        a centre delta on the bypassed PC channels and for the residual.
+        None when an op is not affine (see :meth:`nonlinear_primitives`).
         """
-        if not self.collapsible:
-            bad = [p for p, op in zip(self.primitives, self.ops)
-                   if not op.is_linear]
-            raise RuntimeError(
-                f'NASLoRA cell with {bad} is not linear and cannot collapse '
-                f"(op_variant={self.op_variant!r}); use op_variant='linear' "
-                "without 'max_pool_3x3', or export with --mode topk.")
-        weights = F.softmax(self.nas_alpha.detach().to(dtype), dim=-1)
-        k = self.kernel_size
-        linear = [i for i, op in enumerate(self.ops) if not isinstance(op, Zero)]
-        mixed = self._mix_kernels(weights, linear, dtype)
-        mixed = pad_kernel(mixed, k)
-        c, r, centre = self.num_mixed, self.rank, k // 2
-        kernel = weights.new_zeros(r, r, k, k)
-        kernel[:c, :c] = mixed
+        maps = [op.affine_map(dtype) for op in self.ops]
+        if any(m is None for m in maps):
+            return None
+        weights = self.op_weights().detach().to(dtype)
+        used = [i for i, op in enumerate(self.ops) if not isinstance(op, Zero)]
+        size = max([self.ops[i].kernel_size for i in used] or [1])
+        c, r, centre = self.num_mixed, self.rank, size // 2
+        kernel = weights.new_zeros(r, r, size, size)
+        bias = weights.new_zeros(r)
+        for i in used:
+            op_kernel, op_bias = maps[i]
+            kernel[:c, :c] += weights[i] * pad_kernel(op_kernel.to(weights), size)
+            if op_bias is not None:
+                bias[:c] += weights[i] * op_bias.to(weights)
         for j in range(c, r):
             kernel[j, j, centre, centre] = 1.
-        kernel = kernel[self.shuffle_order.to(kernel.device)]
         if self.residual:
             kernel[range(r), range(r), centre, centre] += 1.
-        return kernel
+        has_bias = any(m[1] is not None for m in maps)
+        return BottleneckMap(kernel, bias if has_bias else None)
 
-    def collapse(self) -> 'ConvBottleneckLoRA':
-        """The equivalent :class:`ConvBottleneckLoRA` (eval-mode behaviour).
-
-        It shares :attr:`base_layer` and copies ``A``, ``B`` and the scale.
-        """
-        kernel = self.collapsed_kernel()
-        weight = self.lora_A.weight
-        out = ConvBottleneckLoRA(self.base_layer, rank=self.rank,
-                                 alpha=self.scaling * self.rank,
-                                 dropout=_dropout_p(self.dropout),
-                                 kernel_size=kernel.shape[-1])
-        out.scaling = self.scaling
-        out.grid_size = self.grid_size
-        with torch.no_grad():
-            out.lora_A.weight.copy_(self.lora_A.weight)
-            out.lora_B.weight.copy_(self.lora_B.weight)
-            out.conv.weight.copy_(kernel)
-        return out.to(device=weight.device, dtype=weight.dtype).train(self.training)
+    def nonlinear_primitives(self) -> List[str]:
+        """The ops that are not affine in eval mode (what stops a collapse)."""
+        return [p for p, op in zip(self.primitives, self.ops) if op.affine_map() is None]
 
     def prune_topk(self, k: int) -> 'NASLoRA':
-        """A copy that keeps the k ops of largest ``softmax(α)``.
+        """A copy that keeps the k real ops of largest ``softmax(α)``.
 
-        The kept α entries (hence the softmax renormalised over them) and the
-        kept ops' weights are copied; ``'none'`` competes like any other op.
+        The kept ops stay at their trained weights (the dropped ops' share
+        is not handed to them), and ``'none'`` is never kept: it contributes
+        nothing, as in DARTS' genotype.
         """
-        if int(k) != k or not 1 <= k <= len(self.primitives):
-            raise ValueError(f'topk must be an integer in [1, '
-                             f'{len(self.primitives)}], got {k}.')
-        keep = torch.topk(self.nas_alpha.detach(), int(k)).indices.sort().values
+        candidates = [i for i, op in enumerate(self.ops) if not isinstance(op, Zero)]
+        if int(k) != k or not 1 <= k <= len(candidates):
+            raise ValueError(f'topk must be an integer in [1, {len(candidates)}] '
+                             f'(the ops other than none), got {k}.')
+        alpha = self.nas_alpha.detach()[candidates]
+        keep = sorted(candidates[i] for i in torch.topk(alpha, int(k)).indices.tolist())
         pruned = copy.deepcopy(self)
-        pruned.restrict_primitives([self.primitives[i] for i in keep.tolist()])
+        pruned.restrict_primitives([self.primitives[i] for i in keep], keep_weights=True)
         pruned.share_alpha = False
         pruned.layer_primitives = None
         return pruned
-
-    def delta_weight(self) -> torch.Tensor:
-        """``s·B·M·A`` for a cell that is a 1x1 map ``M`` (see :attr:`token_wise`)."""
-        if not self.token_wise:
-            raise RuntimeError(f'this NASLoRA cell ({self.primitives}) mixes '
-                               'neighbouring tokens; it has no dense update.')
-        mix = self.collapsed_kernel(torch.float32)[:, :, 0, 0].to(
-            self.lora_A.weight.device)
-        return (self.lora_B.weight.float() @ mix @ self.lora_A.weight.float()
-                ) * self.scaling
 
     def extra_repr(self) -> str:
         return (f'{super().extra_repr()}, primitives={self.primitives}, '
                 f'op_variant={self.op_variant}, residual={self.residual}, '
                 f'pc_ratio={self.pc_ratio:g} ({self.num_mixed}/{self.rank} '
-                f'channels, {self.pc_channel_choice})')
+                f'channels, {self.pc_channel_choice}), mask_padding={self.mask_padding}')
 
 
 @MODELS.register_module()
@@ -403,60 +361,3 @@ class NASPCLoRA(NASLoRA):
     def __init__(self, base_layer: nn.Linear, pc_ratio: float = 2 / 3,
                  **kwargs) -> None:
         super().__init__(base_layer, pc_ratio=pc_ratio, **kwargs)
-
-
-@MODELS.register_module()
-class ConvBottleneckLoRA(LoRA):
-    """LoRA with one ``r -> r`` convolution in the bottleneck.
-
-    ``h = W0·x + s·B(conv(A·x))``; the inference form of a collapsed
-    NAS-LoRA cell (written by ``tools/export.py --mode collapse``). The
-    conv starts as the identity (Dirac), i.e. as plain LoRA.
-
-    Args:
-        base_layer (nn.Linear): The frozen layer to adapt.
-        rank (int): Bottleneck rank r. Defaults to 3.
-        alpha (float): LoRA scaling numerator (scale alpha / r). Defaults to 32.
-        dropout (float): Dropout on the branch output. Defaults to 0.
-        kernel_size (int): Odd conv kernel side. Defaults to 3.
-    """
-
-    def __init__(self,
-                 base_layer: nn.Linear,
-                 rank: int = 3,
-                 alpha: float = 32.,
-                 dropout: float = 0.,
-                 kernel_size: int = 3) -> None:
-        super().__init__(base_layer, rank=rank, alpha=alpha, dropout=dropout)
-        if int(kernel_size) != kernel_size or kernel_size < 1 \
-                or kernel_size % 2 == 0:
-            raise ValueError('ConvBottleneckLoRA kernel_size must be an odd '
-                             f'integer >= 1, got {kernel_size}.')
-        self.kernel_size = int(kernel_size)
-        self.conv = nn.Conv2d(self.rank, self.rank, self.kernel_size,
-                              padding=self.kernel_size // 2, bias=False)
-        nn.init.dirac_(self.conv.weight)
-
-    def bottleneck(self, z: torch.Tensor) -> torch.Tensor:
-        return self.conv(z.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-
-    @property
-    def token_wise(self) -> bool:
-        """Whether the conv is 1x1, so :meth:`delta_weight` folds it into ``W0``."""
-        return self.kernel_size == 1
-
-    def delta_weight(self) -> torch.Tensor:
-        """``s·B·M·A`` for a 1x1 conv ``M``."""
-        if not self.token_wise:
-            raise RuntimeError('a ConvBottleneckLoRA with kernel_size > 1 mixes '
-                               'neighbouring tokens; it has no dense update.')
-        mix = self.conv.weight[:, :, 0, 0].float()
-        return (self.lora_B.weight.float() @ mix @ self.lora_A.weight.float()
-                ) * self.scaling
-
-    def extra_repr(self) -> str:
-        return f'{super().extra_repr()}, kernel_size={self.kernel_size}'
-
-
-def _dropout_p(dropout: nn.Module) -> float:
-    return dropout.p if isinstance(dropout, nn.Dropout) else 0.

@@ -4,27 +4,43 @@ Liu et al., "DARTS: Differentiable Architecture Search", ICLR 2019
 (``operations.py``/``genotypes.py`` of the official code): the eight
 primitives, stride 1, 'same' padding.
 
-Two variants:
+Three variants (``docs/nas_lora.md`` says when to use which):
 
 ``'darts'``
     As DARTS searches: convolutions are ReLU-Conv-BN, ``sep_conv`` is the
     double ReLU-depthwise-pointwise-BN stack, pooling is followed by a
     BN, every BN is ``affine=False``, and ``avg_pool_3x3`` excludes the
-    padding from its count.
+    padding from its count. Not linear, so it never collapses.
+``'linear_bn'``
+    Searchable *and* collapsible: every conv/pool op is a bare linear map
+    followed by ``BN(affine=False)``, no ReLU; ``skip_connect`` and
+    ``none`` as in DARTS. The BN makes each op's output scale fixed, so
+    ``softmax(α)`` alone sets how much of each op the cell uses (α is
+    identifiable). In eval mode a BN is an affine map of its running
+    statistics, so every op but ``max_pool_3x3`` is a convolution plus a
+    bias (:meth:`CandidateOp.affine_map`) and the whole cell folds into one.
 ``'linear'``
-    No ReLU and no BN, so every op but ``max_pool_3x3`` is a convolution
-    and the whole mixture collapses into one kernel (:meth:`CandidateOp.dense_kernel`).
-    Two changes keep that collapse *exact* at the image (window) borders:
+    No ReLU and no BN. Collapsible, but ``softmax(α)_i·K_i`` depends only
+    on the product, so α can be traded against the op weights and carries
+    no meaning; kept for the fused training path and old checkpoints.
 
-    * ``avg_pool_3x3`` counts the zero padding (``count_include_pad=True``),
-      i.e. it is the fixed box kernel ``1/9``; with ``False`` the divisor
-      changes at the borders and no fixed kernel reproduces it.
-    * ``sep_conv`` is a *single* depthwise-pointwise stack. Two stacked
-      zero-padded convolutions differ from the convolution by their composed
-      kernel near the borders (the intermediate map is zero-padded, not
-      extended), so the DARTS double stack cannot collapse exactly.
+The two linear variants change two things so that the collapse is exact
+at the image (window) borders:
+
+* ``avg_pool_3x3`` counts the zero padding (``count_include_pad=True``),
+  i.e. it is the fixed box kernel ``1/9``; with ``False`` the divisor
+  changes at the borders and no fixed kernel reproduces it.
+* ``sep_conv`` is a *single* depthwise-pointwise stack. Two stacked
+  zero-padded convolutions differ from the convolution by their composed
+  kernel near the borders (the intermediate map is zero-padded, not
+  extended), so the DARTS double stack cannot collapse exactly.
+
+Every op takes an optional ``mask`` of the real (not window-padding)
+positions: they are computed as if the padded positions were outside
+the map (zero in, zero out, left out of every statistic), which is what
+the op would compute on the unpadded grid.
 """
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -34,10 +50,13 @@ import torch.nn.functional as F
 PRIMITIVES: Tuple[str, ...] = ('none', 'max_pool_3x3', 'avg_pool_3x3',
                                'skip_connect', 'sep_conv_3x3', 'sep_conv_5x5',
                                'dil_conv_3x3', 'dil_conv_5x5')
-#: The primitives whose ``'linear'`` variant is a convolution (all but max-pool).
+#: The primitives that are affine in the linear variants (all but max-pool).
 LINEAR_PRIMITIVES: Tuple[str, ...] = tuple(p for p in PRIMITIVES
                                            if p != 'max_pool_3x3')
-OP_VARIANTS: Tuple[str, ...] = ('darts', 'linear')
+OP_VARIANTS: Tuple[str, ...] = ('darts', 'linear_bn', 'linear')
+
+#: An affine map ``y = conv(x, kernel, padding=k//2) + bias``; ``bias`` may be None.
+AffineMap = Tuple[torch.Tensor, Optional[torch.Tensor]]
 
 # name -> (family, kernel size, dilation)
 _SPECS: Dict[str, Tuple[str, int, int]] = {
@@ -52,6 +71,53 @@ _SPECS: Dict[str, Tuple[str, int, int]] = {
 }
 
 
+def apply_mask(x: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+    """Zero ``x`` (N, C, H, W) outside ``mask`` (N, 1, H, W); None keeps all."""
+    return x if mask is None else x * mask.to(x.dtype)
+
+
+class MaskedBatchNorm2d(nn.BatchNorm2d):
+    """``BatchNorm2d`` whose statistics and output cover the masked positions only.
+
+    Without a mask it is ``nn.BatchNorm2d``. With one, training-mode mean
+    and (biased) variance, and the running statistics (unbiased, as
+    PyTorch keeps them), are taken over the real positions only, and the
+    output is zero elsewhere.
+    """
+
+    def forward(self, x: torch.Tensor,
+                mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if mask is None:
+            return super().forward(x)
+        if not self.training and self.track_running_stats:
+            return apply_mask(super().forward(x), mask)
+        m = mask.to(torch.float32)
+        count = m.sum()
+        if count < 2:
+            raise ValueError('MaskedBatchNorm2d needs more than 1 real position '
+                             f'per channel, got {int(count)}.')
+        xf = x.float()
+        mean = (xf * m).sum((0, 2, 3)) / count
+        centred = xf - mean[None, :, None, None]
+        var = (centred.square() * m).sum((0, 2, 3)) / count
+        if self.track_running_stats:
+            self.num_batches_tracked += 1
+            factor = (1. / float(self.num_batches_tracked)
+                      if self.momentum is None else self.momentum)
+            with torch.no_grad():
+                self.running_mean.lerp_(mean.detach(), factor)
+                self.running_var.lerp_(var.detach() * count / (count - 1), factor)
+        y = centred * torch.rsqrt(var + self.eps)[None, :, None, None]
+        return apply_mask(y, mask).to(x.dtype)
+
+    def fold(self, kernel: torch.Tensor, bias: Optional[torch.Tensor]) -> AffineMap:
+        """Compose this BN's eval-mode map after ``conv(·, kernel) + bias``."""
+        inv = torch.rsqrt(self.running_var.to(kernel) + self.eps)
+        mean = self.running_mean.to(kernel)  # device and dtype of the kernel
+        shifted = -mean if bias is None else bias - mean
+        return kernel * inv[:, None, None, None], shifted * inv
+
+
 class CandidateOp(nn.Module):
     """A stride-1, 'same'-padded map from ``C`` to ``C`` channels (NCHW).
 
@@ -59,7 +125,8 @@ class CandidateOp(nn.Module):
         channels (int): Number of channels C.
     """
 
-    #: Whether the op is a convolution, so :meth:`dense_kernel` exists.
+    #: Whether the op is a bare convolution (no BN), so :meth:`dense_kernel`
+    #: reproduces it in training too and the fused path may mix it.
     is_linear: bool = False
 
     def __init__(self, channels: int) -> None:
@@ -71,16 +138,24 @@ class CandidateOp(nn.Module):
         """Side of the op's receptive field (dilation expanded)."""
         return 1
 
+    def forward(self, x: torch.Tensor,
+                mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        raise NotImplementedError
+
     def dense_kernel(self) -> torch.Tensor:
         """The ``(C, C, k, k)`` kernel of the equivalent ``Conv2d(padding=k//2)``.
 
         It is built from the op's parameters with differentiable ops, so a
-        kernel mixture can be trained through it.
+        kernel mixture can be trained through it. Only for :attr:`is_linear` ops.
         """
         raise RuntimeError(
             f'{type(self).__name__} is not linear and has no equivalent conv '
-            "kernel; use op_variant='linear' and leave 'max_pool_3x3' out of "
+            "kernel; use op_variant='linear_bn' and leave 'max_pool_3x3' out of "
             '`primitives` to make the cell collapsible.')
+
+    def affine_map(self, dtype: torch.dtype = torch.float64) -> Optional[AffineMap]:
+        """The op in eval mode as ``conv(x, kernel) + bias``, or None if it is not affine."""
+        return (self.dense_kernel().to(dtype), None) if self.is_linear else None
 
     def extra_repr(self) -> str:
         return f'channels={self.channels}'
@@ -91,7 +166,8 @@ class Zero(CandidateOp):
 
     is_linear = True
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor,
+                mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         return torch.zeros_like(x)
 
     def dense_kernel(self) -> torch.Tensor:
@@ -103,8 +179,9 @@ class Identity(CandidateOp):
 
     is_linear = True
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x
+    def forward(self, x: torch.Tensor,
+                mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return apply_mask(x, mask)
 
     def dense_kernel(self) -> torch.Tensor:
         return torch.eye(self.channels)[:, :, None, None]
@@ -131,43 +208,68 @@ class Pool(CandidateOp):
                                      count_include_pad=count_include_pad)
         else:
             raise ValueError(f"pool mode must be 'max' or 'avg', got {mode!r}.")
-        self.bn = nn.BatchNorm2d(channels, affine=False) if with_bn else None
+        self.mode = mode
+        self.count_include_pad = count_include_pad
+        self.bn = MaskedBatchNorm2d(channels, affine=False) if with_bn else None
         self.is_linear = mode == 'avg' and count_include_pad and not with_bn
 
     @property
     def kernel_size(self) -> int:
         return 3
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.pool(x)
-        return x if self.bn is None else self.bn(x)
+    def forward(self, x: torch.Tensor,
+                mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if mask is None:
+            x = self.pool(x)
+        elif self.mode == 'max':  # padded positions must never win the max
+            x = self.pool(x.masked_fill(~mask.bool(), float('-inf')))
+            x = x.masked_fill(~mask.bool(), 0.)
+        elif self.count_include_pad:
+            x = self.pool(apply_mask(x, mask))
+        else:  # divide by the real pixels under the window, as on the unpadded grid
+            total = F.avg_pool2d(apply_mask(x, mask), 3, 1, 1, count_include_pad=True)
+            count = F.avg_pool2d(mask.to(x.dtype), 3, 1, 1, count_include_pad=True)
+            x = total / count.clamp_min(1e-12)
+        x = apply_mask(x, mask)
+        return x if self.bn is None else self.bn(x, mask)
+
+    def _box(self) -> torch.Tensor:
+        return torch.eye(self.channels)[:, :, None, None].expand(-1, -1, 3, 3) / 9.
 
     def dense_kernel(self) -> torch.Tensor:
         if not self.is_linear:
             return super().dense_kernel()
-        return torch.eye(self.channels)[:, :, None, None].expand(
-            -1, -1, 3, 3) / 9.
+        return self._box()
+
+    def affine_map(self, dtype: torch.dtype = torch.float64) -> Optional[AffineMap]:
+        if self.mode != 'avg' or not self.count_include_pad:
+            return None
+        kernel = self._box().to(dtype)
+        return (kernel, None) if self.bn is None else self.bn.fold(kernel, None)
 
 
 class DepthwisePointwise(nn.Module):
     """``[ReLU] -> depthwise kxk (dilated) -> pointwise 1x1 -> [BN]``."""
 
     def __init__(self, channels: int, kernel_size: int, dilation: int,
-                 nonlinear: bool) -> None:
+                 relu: bool, bn: bool) -> None:
         super().__init__()
-        self.relu = nn.ReLU(inplace=False) if nonlinear else None
+        self.relu = nn.ReLU(inplace=False) if relu else None
         self.depthwise = nn.Conv2d(channels, channels, kernel_size,
                                    padding=dilation * (kernel_size - 1) // 2,
                                    dilation=dilation, groups=channels,
                                    bias=False)
         self.pointwise = nn.Conv2d(channels, channels, 1, bias=False)
-        self.bn = nn.BatchNorm2d(channels, affine=False) if nonlinear else None
+        self.bn = MaskedBatchNorm2d(channels, affine=False) if bn else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor,
+                mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         if self.relu is not None:
             x = self.relu(x)
-        x = self.pointwise(self.depthwise(x))
-        return x if self.bn is None else self.bn(x)
+        # Re-masked after every unit: a stacked conv must see zeros, not its
+        # own spill-over, at the padded positions (as at a map border).
+        x = apply_mask(self.pointwise(self.depthwise(apply_mask(x, mask))), mask)
+        return x if self.bn is None else self.bn(x, mask)
 
     def dense_kernel(self) -> torch.Tensor:
         dw = self.depthwise.weight[:, 0]  # (C, k, k)
@@ -190,30 +292,41 @@ class ConvOp(CandidateOp):
         kernel_size (int): Depthwise kernel size.
         dilation (int): Depthwise dilation.
         repeats (int): Number of stacked depthwise-pointwise units.
-        nonlinear (bool): ReLU-Conv-BN units (DARTS) instead of bare convs.
+        relu (bool): Start every unit with a ReLU (DARTS).
+        bn (bool): End every unit with ``BN(affine=False)``.
     """
 
     def __init__(self, channels: int, kernel_size: int, dilation: int,
-                 repeats: int, nonlinear: bool) -> None:
+                 repeats: int, relu: bool, bn: bool) -> None:
         super().__init__(channels)
-        self.units = nn.Sequential(*[
-            DepthwisePointwise(channels, kernel_size, dilation, nonlinear)
-            for _ in range(repeats)
-        ])
-        self.is_linear = not nonlinear and repeats == 1
+        self.units = nn.ModuleList(
+            DepthwisePointwise(channels, kernel_size, dilation, relu, bn)
+            for _ in range(repeats))
+        self.is_linear = not relu and not bn and repeats == 1
+        self._affine = not relu and repeats == 1
         self._kernel_size = dilation * (kernel_size - 1) + 1
 
     @property
     def kernel_size(self) -> int:
         return self._kernel_size
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.units(x)
+    def forward(self, x: torch.Tensor,
+                mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        for unit in self.units:
+            x = unit(x, mask)
+        return x
 
     def dense_kernel(self) -> torch.Tensor:
         if not self.is_linear:
             return super().dense_kernel()
         return self.units[0].dense_kernel()
+
+    def affine_map(self, dtype: torch.dtype = torch.float64) -> Optional[AffineMap]:
+        if not self._affine:
+            return None
+        unit = self.units[0]
+        kernel = unit.dense_kernel().detach().to(dtype)
+        return (kernel, None) if unit.bn is None else unit.bn.fold(kernel, None)
 
 
 def build_op(name: str, channels: int, variant: str = 'darts') -> CandidateOp:
@@ -222,7 +335,7 @@ def build_op(name: str, channels: int, variant: str = 'darts') -> CandidateOp:
     Args:
         name (str): One of :data:`PRIMITIVES`.
         channels (int): Number of channels (the LoRA rank, or its PC part).
-        variant (str): ``'darts'`` or ``'linear'`` (see the module docstring).
+        variant (str): One of :data:`OP_VARIANTS` (see the module docstring).
 
     Returns:
         CandidateOp: The op.
@@ -235,18 +348,18 @@ def build_op(name: str, channels: int, variant: str = 'darts') -> CandidateOp:
                          f'got {variant!r}.')
     if int(channels) != channels or channels < 1:
         raise ValueError(f'candidate ops need >= 1 channels, got {channels}.')
-    darts = variant == 'darts'
+    darts, bn = variant == 'darts', variant != 'linear'
     family, k, d = _SPECS[name]
     if family == 'none':
         return Zero(channels)
     if family == 'skip':
         return Identity(channels)
     if family == 'max_pool':
-        return Pool(channels, 'max', with_bn=darts)
+        return Pool(channels, 'max', with_bn=bn)
     if family == 'avg_pool':
-        return Pool(channels, 'avg', count_include_pad=not darts, with_bn=darts)
+        return Pool(channels, 'avg', count_include_pad=not darts, with_bn=bn)
     repeats = 2 if family == 'sep_conv' and darts else 1
-    return ConvOp(channels, k, d, repeats, nonlinear=darts)
+    return ConvOp(channels, k, d, repeats, relu=darts, bn=bn)
 
 
 def pad_kernel(kernel: torch.Tensor, size: int) -> torch.Tensor:
@@ -256,9 +369,3 @@ def pad_kernel(kernel: torch.Tensor, size: int) -> torch.Tensor:
         raise ValueError(f'cannot centre a {k}x{k} kernel in {size}x{size}.')
     p = (size - k) // 2
     return F.pad(kernel, (p, p, p, p)) if p else kernel
-
-
-def kernel_size_of(name: str) -> int:
-    """Receptive-field side of the primitive ``name`` (dilation expanded)."""
-    family, k, d = _SPECS[name]
-    return d * (k - 1) + 1

@@ -13,7 +13,7 @@ from sam2.modeling.backbones.image_encoder import FpnNeck, ImageEncoder
 from sam2.modeling.position_encoding import PositionEmbeddingSine
 from torch.nn.init import trunc_normal_
 
-from ..adapters.inject import inject_adapters
+from ..adapters.inject import inject_adapters, track_valid_size
 from ..utils.checkpoint import load_base_weights, load_state_dict_file, sub_state_dict
 
 # Ravi et al., "SAM 2: Segment Anything in Images and Videos", 2024; the
@@ -133,6 +133,7 @@ class SAM2Hiera(BaseModule):
             self.adapted_layers = inject_adapters(self.image_encoder, adapter,
                                                   target=r'\.attn\.qkv$',
                                                   blocks=adapter_blocks)
+            track_valid_size(self.image_encoder.trunk.blocks)
 
     @staticmethod
     def _parse_arch(arch: Union[str, dict]) -> dict:

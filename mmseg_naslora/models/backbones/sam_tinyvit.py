@@ -12,7 +12,7 @@ from mmengine.model import BaseModule
 from mmseg.registry import MODELS
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ..adapters.inject import inject_adapters
+from ..adapters.inject import inject_adapters, set_valid_size
 from ..utils.checkpoint import (load_base_weights, load_state_dict_file,
                                 sub_state_dict)
 from ..utils.medsam import resolve_checkpoint
@@ -263,7 +263,9 @@ class SAMTinyViT(BaseModule):
 def _run_at(module: nn.Module, resolution: Tuple[int, int], x: torch.Tensor) -> torch.Tensor:
     # TinyViT blocks read their grid size from `input_resolution`; setting it per
     # call (also inside a checkpoint's recomputation) makes any input size work.
+    # Their adapters learn from it which window tokens are padding.
     module.input_resolution = resolution
+    set_valid_size(module, resolution)
     return module(x)
 
 

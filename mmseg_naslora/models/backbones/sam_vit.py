@@ -10,7 +10,7 @@ from mmengine.model import BaseModule
 from mmseg.registry import MODELS
 from segment_anything.modeling import ImageEncoderViT
 
-from ..adapters.inject import inject_adapters
+from ..adapters.inject import inject_adapters, track_valid_size
 from ..utils.checkpoint import (load_base_weights, load_state_dict_file,
                                 resize_pos_embed, resize_rel_pos,
                                 sub_state_dict)
@@ -88,6 +88,7 @@ class SAMViT(BaseModule):
             self.adapted_layers = inject_adapters(self.encoder, adapter,
                                                   target=r'\.attn\.qkv$',
                                                   blocks=adapter_blocks)
+            track_valid_size(self.encoder.blocks)
 
     @staticmethod
     def _parse_arch(arch: Union[str, dict]) -> dict:

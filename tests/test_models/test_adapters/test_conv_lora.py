@@ -268,8 +268,8 @@ def test_injection_into_sam_vit_windowed_and_global_blocks():
         adapter.register_forward_pre_hook(lambda m, inp: shapes.append(tuple(inp[0].shape)))
         gate = adapter.gate
 
-        def spy(x, gate=gate):
-            gates, top, aux = gate(x)
+        def spy(x, mask=None, gate=gate):
+            gates, top, aux = gate(x, mask)
             routed.append(((gates > 0).sum(1) == 1).all().item() and len(gates) == len(x))
             return gates, top, aux
 

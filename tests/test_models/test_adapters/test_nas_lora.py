@@ -6,11 +6,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from mmseg.registry import MODELS
 
+from mmseg_naslora.models.adapters.arch import ALPHA_MARKER
+from mmseg_naslora.models.adapters.conv_bottleneck_lora import ConvBottleneckLoRA
 from mmseg_naslora.models.adapters.lora import LoRA
-from mmseg_naslora.models.adapters.nas_lora import (ALPHA_MARKER,
-                                                    ConvBottleneckLoRA,
-                                                    NASLoRA, NASPCLoRA,
-                                                    channel_shuffle_order)
+from mmseg_naslora.models.adapters.nas_lora import NASLoRA, NASPCLoRA
 from mmseg_naslora.models.adapters.ops import LINEAR_PRIMITIVES, PRIMITIVES
 
 TINY_ARCH = dict(embed_dims=64, depth=4, num_heads=2, global_attn_indexes=(1, 3))
@@ -42,17 +41,21 @@ def randomise(module, b_scale=0.1):
                 p.normal_(std=0.5)
 
 
-def pc_darts_channel_shuffle(x, groups):
-    """PC-DARTS' ``channel_shuffle`` (model_search.py), for reference."""
-    n, c, h, w = x.shape
-    x = x.view(n, groups, c // groups, h, w).transpose(1, 2).contiguous()
-    return x.view(n, -1, h, w)
+def warm_up_statistics(module, *inputs, steps=3):
+    """A few training forwards, so every BN has non-trivial running statistics."""
+    module.train()
+    with torch.no_grad():
+        for _ in range(steps):
+            for x in inputs:
+                module(x)
+    return module.eval()
 
 
 CONFIGS = [dict(op_variant='darts'), dict(op_variant='linear'),
+           dict(op_variant='linear_bn'),
            dict(op_variant='darts', pc_ratio=2 / 3),
            dict(op_variant='linear', pc_ratio=2 / 3, residual=True),
-           dict(op_variant='darts', pc_ratio=2 / 3, pc_channel_choice='random')]
+           dict(op_variant='linear', pc_ratio=2 / 3, pc_channel_choice='random')]
 
 
 @pytest.mark.parametrize('cfg', CONFIGS)
@@ -65,7 +68,7 @@ def test_init_output_equals_base_layer(cfg):
     assert layer.nas_alpha.abs().max() < 1e-2  # 1e-3 * randn
 
 
-@pytest.mark.parametrize('cfg', CONFIGS[:3])
+@pytest.mark.parametrize('cfg', CONFIGS[:4])
 def test_alpha_gradient_zero_until_b_moves(cfg):
     torch.manual_seed(0)
     layer = adapter(**cfg).train()
@@ -113,20 +116,21 @@ def test_fused_and_loop_paths_agree(rank):
             assert (pf.grad - pl.grad).abs().max() <= 1e-5 * scale, name
 
 
+@pytest.mark.parametrize('variant', ['linear', 'linear_bn'])
 @pytest.mark.parametrize('rank,pc_ratio,residual', [
     (3, 1., False), (3, 1., True), (3, 2 / 3, False), (3, 2 / 3, True),
     (6, 2 / 3, True), (5, 0.5, False), (1, 1., True)])
-@pytest.mark.parametrize('choice', ['fixed', 'random'])
-def test_collapse_of_linear_cell_matches(rank, pc_ratio, residual, choice):
+def test_linear_cell_is_one_convolution_in_eval_mode(variant, rank, pc_ratio, residual):
     torch.manual_seed(rank)
-    layer = adapter(rank=rank, op_variant='linear', primitives=LINEAR_PRIMITIVES,
-                    pc_ratio=pc_ratio, residual=residual,
-                    pc_channel_choice=choice).eval()
+    layer = adapter(rank=rank, op_variant=variant, primitives=LINEAR_PRIMITIVES,
+                    pc_ratio=pc_ratio, residual=residual)
     randomise(layer)
-    assert layer.collapsible
-    conv = layer.collapse()
-    assert isinstance(conv, ConvBottleneckLoRA)
-    assert conv.kernel_size == 9 and conv.conv.weight.shape == (rank, rank, 9, 9)
+    warm_up_statistics(layer, torch.randn(3, 6, 7, 16) * 2 + 1)
+    linear = layer.bottleneck_map()
+    assert linear.kernel.shape == (rank, rank, 9, 9)
+    assert (linear.bias is not None) == (variant == 'linear_bn')
+    conv = ConvBottleneckLoRA.from_adapter(layer)
+    assert conv.kernel_size == 9 and conv.mask_padding
     z = torch.randn(3, 5, 7, rank)
     assert (layer.bottleneck(z) - conv.bottleneck(z)).abs().max() < 1e-5
     x = torch.randn(3, 5, 7, 16)
@@ -134,29 +138,76 @@ def test_collapse_of_linear_cell_matches(rank, pc_ratio, residual, choice):
     assert not torch.equal(layer(x), layer.base_layer(x))
 
 
-def test_collapse_kernel_size_follows_primitives_and_refuses_nonlinear():
-    layer = adapter(op_variant='linear', primitives=['skip_connect', 'sep_conv_3x3'])
-    assert layer.collapse().kernel_size == 3
-    for cfg in (dict(op_variant='linear'), dict(op_variant='darts',
-                                                primitives=LINEAR_PRIMITIVES)):
+def test_bn_cell_folds_running_statistics_into_kernel_and_bias():
+    # One avg-pool op: eval output is (box * z - mean) / sqrt(var + eps).
+    layer = adapter(rank=2, op_variant='linear_bn', primitives=['avg_pool_3x3'])
+    bn = layer.ops[0].bn
+    with torch.no_grad():
+        bn.running_mean.copy_(torch.tensor([0.5, -1.]))
+        bn.running_var.copy_(torch.tensor([4., 0.25]))
+    linear = layer.eval().bottleneck_map()
+    sigma = torch.sqrt(torch.tensor([4., 0.25], dtype=torch.float64) + bn.eps)
+    assert torch.allclose(linear.kernel[0, 0], torch.full((3, 3), 1 / 9 / sigma[0].item(),
+                                                          dtype=torch.float64))
+    assert torch.equal(linear.kernel[0, 1], torch.zeros(3, 3, dtype=torch.float64))
+    assert torch.allclose(linear.bias, -torch.tensor([0.5, -1.], dtype=torch.float64) / sigma)
+
+
+def test_linear_bn_alpha_is_identifiable_and_linear_alpha_is_not():
+    """Moving softmax weight between convs and rescaling them back is invisible
+    without normalisation and visible with it (the issue's counter-example)."""
+    convs = ['sep_conv_3x3', 'sep_conv_5x5', 'dil_conv_3x3', 'dil_conv_5x5']
+    x = torch.randn(4, 6, 6, 16)
+    changes = {}
+    for variant in ('linear', 'linear_bn'):
+        torch.manual_seed(0)
+        layer = adapter(rank=3, op_variant=variant, primitives=convs).train()
+        randomise(layer)
+        with torch.no_grad():
+            layer.nas_alpha.zero_()
+        before = layer(x)
+        old = layer.arch_weights()
+        with torch.no_grad():
+            layer.nas_alpha.copy_(torch.tensor([3., 0., 0., 0.]))
+            new = layer.arch_weights()
+            for op, w_old, w_new in zip(layer.ops, old, new):
+                op.units[0].pointwise.weight.mul_(w_old / w_new)
+        changes[variant] = ((layer(x) - before).norm() / before.norm()).item()
+    assert changes['linear'] < 1e-5
+    assert changes['linear_bn'] > 1e-3
+
+
+def test_nonlinear_cells_have_no_map():
+    for cfg in (dict(op_variant='linear_bn'), dict(op_variant='linear'),
+                dict(op_variant='darts', primitives=LINEAR_PRIMITIVES)):
         layer = adapter(**cfg)
-        assert not layer.collapsible
-        with pytest.raises(RuntimeError, match='cannot collapse'):
-            layer.collapse()
+        assert layer.bottleneck_map() is None and not layer.mergeable
+        assert layer.nonlinear_primitives()
+        with pytest.raises(ValueError, match='no linear bottleneck'):
+            ConvBottleneckLoRA.from_adapter(layer)
+    assert adapter(op_variant='linear_bn').nonlinear_primitives() == ['max_pool_3x3']
+    assert adapter(op_variant='linear', primitives=['skip_connect', 'sep_conv_3x3']
+                   ).bottleneck_map().kernel_size == 3
 
 
-def test_token_wise_cell_merges_into_base_weight():
+def test_token_wise_cell_merges_into_base_layer():
     torch.manual_seed(0)
     layer = adapter(rank=3, primitives=['none', 'skip_connect'], pc_ratio=2 / 3,
-                    residual=True).eval()
+                    residual=True, mask_padding=False).eval()
     randomise(layer, b_scale=0.05)
-    assert layer.token_wise and not adapter().token_wise
-    assert not layer.mergeable  # LoRA's forward would skip the bottleneck
+    assert layer.bottleneck_map().token_wise and layer.mergeable
     x = torch.randn(2, 4, 4, 16)
+    expected = layer(x)
     folded = layer.base_layer(x) + x @ layer.delta_weight().t()
-    assert (folded - layer(x)).abs().max() < 1e-5
-    with pytest.raises(RuntimeError, match='no dense update'):
-        adapter().delta_weight()
+    assert (folded - expected).abs().max() < 1e-5
+    layer.merge()
+    assert (layer(x) - expected).abs().max() < 1e-5
+    with pytest.raises(RuntimeError, match='mixes neighbouring tokens'):
+        adapter(op_variant='linear', primitives=LINEAR_PRIMITIVES).delta_weight()
+    # Masking the padding cannot be expressed by a merged weight.
+    masked = adapter(rank=3, primitives=['skip_connect'])
+    with pytest.raises(RuntimeError, match='mask_padding'):
+        masked.merge()
 
 
 @pytest.mark.parametrize('rank,pc_ratio,mixed', [
@@ -175,27 +226,13 @@ def test_pc_sends_ceil_pr_channels_through_the_ops(rank, pc_ratio, mixed):
     assert conv.depthwise.in_channels == mixed == conv.pointwise.out_channels
 
 
-def test_channel_shuffle_order():
-    # r=3, P=2/3: [m0, m1 | b0] -> m0, b0, m1.
-    assert channel_shuffle_order(2, 3) == [0, 2, 1]
-    # r=6, P=2/3: [m0..m3 | b0, b1] -> m0, b0, m1, b1, m2, m3.
-    assert channel_shuffle_order(4, 6) == [0, 4, 1, 5, 2, 3]
-    assert channel_shuffle_order(1, 3) == [0, 1, 2]
-    assert channel_shuffle_order(3, 3) == [0, 1, 2]
-    # Equal halves are exactly PC-DARTS' channel_shuffle with groups=2.
-    x = torch.arange(6.).view(1, 6, 1, 1)
-    ref = pc_darts_channel_shuffle(x, 2).flatten().long().tolist()
-    assert channel_shuffle_order(3, 6) == ref == [0, 3, 1, 4, 2, 5]
-
-
-@pytest.mark.parametrize('rank,expected', [(3, [0, 2, 1]), (6, [0, 4, 1, 5, 2, 3])])
-def test_pc_forward_applies_the_shuffle(rank, expected):
-    # A skip-only cell leaves the mixed channels as they are, so the output
-    # is the input in shuffled order.
+@pytest.mark.parametrize('rank', [3, 6])
+def test_pc_bypass_channels_pass_unchanged(rank):
+    # A skip-only cell leaves the mixed channels as they are: no shuffle.
     layer = NASPCLoRA(nn.Linear(16, 48), rank=rank, primitives=['skip_connect'])
     assert layer.pc_ratio == pytest.approx(2 / 3)
     z = torch.randn(2, 3, 3, rank)
-    assert torch.equal(layer.bottleneck(z), z[..., expected])
+    assert torch.equal(layer.bottleneck(z), z)
 
 
 def _zeroed_slots(layer, rank):
@@ -207,18 +244,24 @@ def _zeroed_slots(layer, rank):
 def test_random_channel_choice_changes_in_training_only():
     torch.manual_seed(0)
     rank = 6
-    layer = adapter(rank=rank, primitives=['none'], pc_ratio=0.5,
+    layer = adapter(rank=rank, primitives=['none'], pc_ratio=0.5, op_variant='linear',
                     pc_channel_choice='random').train()
     subsets = {_zeroed_slots(layer, rank) for _ in range(12)}
     assert len(subsets) > 1
     assert all(len(s) == 3 for s in subsets)
     layer.eval()
     fixed = {_zeroed_slots(layer, rank) for _ in range(5)}
-    # Eval sends the first 3 channels, which the shuffle puts at slots 0, 2, 4.
-    assert fixed == {(0, 2, 4)}
+    # Evaluation sends the first 3 channels.
+    assert fixed == {(0, 1, 2)}
     layer.pc_channel_choice = 'fixed'
     layer.train()
-    assert {_zeroed_slots(layer, rank) for _ in range(5)} == {(0, 2, 4)}
+    assert {_zeroed_slots(layer, rank) for _ in range(5)} == {(0, 1, 2)}
+
+
+@pytest.mark.parametrize('variant', ['darts', 'linear_bn'])
+def test_random_channels_are_refused_with_batchnorm_ops(variant):
+    with pytest.raises(ValueError, match='running statistics'):
+        adapter(pc_ratio=2 / 3, pc_channel_choice='random', op_variant=variant)
 
 
 def test_share_alpha_ties_one_parameter():
@@ -265,7 +308,8 @@ def test_errors(kwargs, error, match):
 @pytest.mark.parametrize('cfg', [
     dict(type='NASLoRA', rank=3),
     dict(type='NASLoRA', rank=3, op_variant='linear', residual=True),
-    dict(type='NASPCLoRA', rank=3, pc_channel_choice='random')])
+    dict(type='NASLoRA', rank=3, op_variant='linear_bn', residual=True),
+    dict(type='NASPCLoRA', rank=3, pc_channel_choice='random', op_variant='linear')])
 def test_injection_into_windowed_and_global_blocks(cfg):
     torch.manual_seed(0)
     model = tiny_sam(cfg).train()
@@ -290,27 +334,30 @@ def test_injection_into_windowed_and_global_blocks(cfg):
     assert not frozen.requires_grad and frozen.grad is None
 
 
-def test_prune_topk_keeps_the_largest_ops():
+def test_prune_topk_keeps_the_largest_real_ops_at_their_trained_weights():
     torch.manual_seed(0)
     layer = adapter(rank=3, op_variant='darts').eval()
     randomise(layer)
+    # 'none' has the largest α: it is still never kept.
     with torch.no_grad():
-        layer.nas_alpha.copy_(torch.tensor([0.5, -1., 2., 0.1, 3., -2., 1.5, 0.]))
+        layer.nas_alpha.copy_(torch.tensor([4., -1., 2., 0.1, 3., -2., 1.5, 0.]))
     pruned = layer.prune_topk(3)
     assert pruned.primitives == ['avg_pool_3x3', 'sep_conv_3x3', 'dil_conv_3x3']
     kept = [2, 4, 6]
-    assert torch.equal(pruned.nas_alpha.detach(), layer.nas_alpha.detach()[kept])
-    assert torch.allclose(pruned.arch_weights().sum(), torch.tensor(1.))
+    full = F.softmax(layer.nas_alpha.detach(), dim=-1)
+    assert torch.allclose(pruned.arch_weights(), full[kept])
+    assert pruned.arch_weights().sum() < 0.5  # not renormalised
     for new, i in zip(pruned.ops, kept):
         old = layer.ops[i].state_dict()
         assert all(torch.equal(v, old[k]) for k, v in new.state_dict().items())
     z = torch.randn(2, 3, 6, 6)
-    weights = F.softmax(layer.nas_alpha.detach()[kept], dim=-1)
-    expected = sum(w * layer.ops[i](z) for w, i in zip(weights, kept))
+    expected = sum(full[i] * layer.ops[i](z) for i in kept)
     assert torch.allclose(pruned.mixed_op(z), expected, atol=1e-6)
+    # Pruning again keeps the weights of the first pruning.
+    assert torch.allclose(pruned.prune_topk(1).arch_weights(), full[[4]])
     assert layer.primitives == list(PRIMITIVES)  # the original is untouched
-    with pytest.raises(ValueError, match='topk'):
-        layer.prune_topk(9)
+    with pytest.raises(ValueError, match='other than none'):
+        layer.prune_topk(8)
 
 
 def test_conv_bottleneck_lora():
@@ -325,15 +372,18 @@ def test_conv_bottleneck_lora():
     x = torch.randn(2, 4, 4, 16)
     # The Dirac initialisation makes a fresh one plain LoRA.
     assert torch.allclose(conv(x), lora(x), atol=1e-6)
-    assert not conv.token_wise and not conv.mergeable
+    assert not conv.bottleneck_map().token_wise and not conv.mergeable
     with pytest.raises(ValueError, match='odd'):
         ConvBottleneckLoRA(nn.Linear(16, 48), kernel_size=4)
-    point = ConvBottleneckLoRA(nn.Linear(16, 48), rank=3, kernel_size=1)
+    point = ConvBottleneckLoRA(nn.Linear(16, 48), rank=3, kernel_size=1, bias=True,
+                               mask_padding=False)
     with torch.no_grad():
         point.conv.weight.normal_()
+        point.conv.bias.normal_()
         point.lora_B.weight.normal_(std=0.1)
-    assert point.token_wise
-    folded = point.base_layer(x) + x @ point.delta_weight().t()
+    assert point.mergeable
+    weight, bias = point.delta()
+    folded = point.base_layer(x) + x @ weight.t() + bias
     assert (folded - point(x)).abs().max() < 1e-5
 
 

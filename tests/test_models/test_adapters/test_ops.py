@@ -3,9 +3,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mmseg_naslora.models.adapters.ops import (LINEAR_PRIMITIVES, PRIMITIVES,
-                                               ConvOp, Pool, build_op,
-                                               kernel_size_of, pad_kernel)
+from mmseg_naslora.models.adapters.ops import (LINEAR_PRIMITIVES, OP_VARIANTS, PRIMITIVES,
+                                               ConvOp, MaskedBatchNorm2d, Pool, build_op,
+                                               pad_kernel)
 
 
 @pytest.fixture(autouse=True)
@@ -19,7 +19,7 @@ def _randomise(op: nn.Module) -> None:
             p.normal_(std=0.5)
 
 
-@pytest.mark.parametrize('variant', ['darts', 'linear'])
+@pytest.mark.parametrize('variant', OP_VARIANTS)
 @pytest.mark.parametrize('name', PRIMITIVES)
 @pytest.mark.parametrize('channels', [1, 3])
 def test_ops_keep_shape(name, variant, channels):
@@ -66,9 +66,7 @@ def test_dense_kernels_are_exact_structures():
 
 
 def test_receptive_fields():
-    assert [kernel_size_of(p) for p in PRIMITIVES] == [1, 3, 3, 1, 3, 5, 5, 9]
-    for p in PRIMITIVES:
-        assert build_op(p, 3, 'linear').kernel_size == kernel_size_of(p)
+    assert [build_op(p, 3, 'linear').kernel_size for p in PRIMITIVES] == [1, 3, 3, 1, 3, 5, 5, 9]
 
 
 def test_darts_variant_structure():
@@ -101,10 +99,38 @@ def test_avg_pool_border_counting():
     assert linear(x)[0, 0, 0, 0].item() == pytest.approx(4 / 9)
 
 
+def test_linear_bn_variant_structure():
+    for name in LINEAR_PRIMITIVES:
+        op = build_op(name, 3, 'linear_bn')
+        assert not op.is_linear or name in ('none', 'skip_connect')
+        assert op.affine_map() is not None
+    sep = build_op('sep_conv_5x5', 3, 'linear_bn')
+    assert len(sep.units) == 1 and sep.units[0].relu is None
+    assert isinstance(sep.units[0].bn, MaskedBatchNorm2d) and not sep.units[0].bn.affine
+    pool = build_op('avg_pool_3x3', 3, 'linear_bn')
+    assert pool.pool.count_include_pad and not pool.bn.affine
+
+
+@pytest.mark.parametrize('name', LINEAR_PRIMITIVES)
+@pytest.mark.parametrize('variant', ['linear', 'linear_bn'])
+def test_eval_op_equals_its_affine_map(name, variant):
+    op = build_op(name, 3, variant)
+    _randomise(op)
+    op.train()
+    with torch.no_grad():
+        for _ in range(3):
+            op(torch.randn(4, 3, 6, 6) * 3 + 2)
+    op.eval()
+    kernel, bias = op.affine_map(torch.float64)
+    x = torch.randn(2, 3, 5, 7, dtype=torch.float64)
+    got = F.conv2d(x, kernel, bias, padding=kernel.shape[-1] // 2)
+    assert (got - op.double()(x)).abs().max() < 1e-5
+
+
 def test_max_pool_is_not_collapsible():
-    for variant in ('darts', 'linear'):
+    for variant in OP_VARIANTS:
         op = build_op('max_pool_3x3', 3, variant)
-        assert isinstance(op, Pool) and not op.is_linear
+        assert isinstance(op, Pool) and not op.is_linear and op.affine_map() is None
         with pytest.raises(RuntimeError, match='not linear'):
             op.dense_kernel()
     with pytest.raises(RuntimeError, match='not linear'):
@@ -126,3 +152,43 @@ def test_build_op_errors():
         build_op('skip_connect', 0)
     with pytest.raises(ValueError, match='cannot centre'):
         pad_kernel(torch.zeros(1, 1, 5, 5), 3)
+
+
+def test_masked_batchnorm_matches_batchnorm_on_the_real_positions():
+    torch.manual_seed(0)
+    x = torch.randn(3, 2, 5, 6) * 2 + 1
+    mask = torch.rand(3, 1, 5, 6) > 0.4
+    masked = MaskedBatchNorm2d(2, affine=False, momentum=0.3)
+    ref = nn.BatchNorm2d(2, affine=False, momentum=0.3)
+    real = x.permute(0, 2, 3, 1)[mask[:, 0]]  # (P, C): the real positions only
+    for _ in range(2):
+        y = masked(x, mask)
+        y_ref = ref(real[:, :, None, None])[:, :, 0, 0]
+    assert torch.allclose(y.permute(0, 2, 3, 1)[mask[:, 0]], y_ref, atol=1e-5)
+    assert torch.equal(y * ~mask, torch.zeros_like(y))
+    assert torch.allclose(masked.running_mean, ref.running_mean, atol=1e-6)
+    assert torch.allclose(masked.running_var, ref.running_var, atol=1e-6)
+    assert masked.num_batches_tracked == ref.num_batches_tracked == 2
+    masked.eval(), ref.eval()
+    assert torch.allclose(masked(x, mask).permute(0, 2, 3, 1)[mask[:, 0]],
+                          ref(real[:, :, None, None])[:, :, 0, 0], atol=1e-5)
+    # No mask: exactly nn.BatchNorm2d.
+    assert torch.allclose(masked(x), ref(x), atol=1e-5)
+
+
+@pytest.mark.parametrize('variant', OP_VARIANTS)
+@pytest.mark.parametrize('name', PRIMITIVES)
+def test_masked_op_equals_op_on_the_unpadded_map(name, variant):
+    """A 4x5 map padded to 7x7 with garbage: masked, it gives the op's output on 4x5."""
+    torch.manual_seed(0)
+    op = build_op(name, 3, variant)
+    _randomise(op)
+    x = torch.randn(2, 3, 4, 5)
+    padded = torch.full((2, 3, 7, 7), 7.)
+    padded[..., :4, :5] = x
+    mask = torch.zeros(2, 1, 7, 7, dtype=torch.bool)
+    mask[..., :4, :5] = True
+    # Training mode: the statistics must come from the real positions alone.
+    expected, got = op.train()(x), op(padded, mask)
+    assert torch.allclose(got[..., :4, :5], expected, atol=1e-5)
+    assert torch.equal(got * ~mask, torch.zeros_like(got))
