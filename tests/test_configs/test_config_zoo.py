@@ -55,7 +55,10 @@ DATASETS = {
 }
 # method token -> adapter type in the backbone
 ADAPTERS = {'lora': 'LoRA', 'convlora': 'ConvLoRA', 'naslora': 'NASLoRA',
-            'naspclora': 'NASPCLoRA', 'sam2lora': 'LoRA', 'decoder-only': None}
+            'naslora-linbn': 'NASLoRA', 'naspclora': 'NASPCLoRA', 'sam2lora': 'LoRA',
+            'decoder-only': None,
+            # LiteMedSAM on CamVid: the method token also names the multi-class head
+            'lora-set': 'LoRA', 'lora-perclass': 'LoRA', 'decoder-only-perclass': None}
 # Every dataset class of the package and the mmseg fundus classes have a zoo config.
 ZOO_DATASETS = ['isic2017', 'kvasir-pranet', 'cvc-clinicdb', 'cvc-colondb', 'etis', 'cvc-300',
                 'camo', 'cod10k', 'sbu', 'leaf-disease', 'massachusetts-roads', 'trans10k-v1',
@@ -149,7 +152,7 @@ def test_name_matches_config(path):
     backbone = cfg.model.backbone
     adapter = backbone.get('adapter')
     assert (adapter['type'] if adapter else None) == ADAPTERS[name['method']]
-    if name['method'] in ('naslora', 'naspclora'):
+    if name['method'].startswith('nas'):
         assert cfg.model.type == 'NASEncoderDecoder'
         assert cfg.optim_wrapper.constructor == 'NASOptimWrapperConstructor'
     if name['method'] == 'convlora':
@@ -296,7 +299,8 @@ def tiny_model_cfg(cfg: Config):
     else:  # SAMTinyViT: its real (small) architecture, randomly initialised
         backbone.update(img_size=size, checkpoint=None)
         width = 256
-    if head.type in ('SAMMaskDecoderHead', 'SAM2MaskDecoderHead'):
+    if head.type in ('SAMMaskDecoderHead', 'SAM2MaskDecoderHead', 'SAMMaskSetHead',
+                     'SAM2MaskSetHead'):
         head.update(in_channels=width, channels=width, checkpoint=None, **TINY_SAM_DECODER)
     else:  # stock mmseg heads
         if model.get('neck'):
@@ -331,7 +335,7 @@ def test_tiny_model_builds_and_runs(path):
         out = model(torch.randn(1, 3, size, size), mode='tensor')
     head = model_cfg.decode_head
     channels = head.get('out_channels') or head.num_classes
-    if head.get('mode') == 'set':  # (class logits over K + no-object, mask logits) per query
+    if head.type.endswith('MaskSetHead'):  # per query: class logits (K + no-object), mask logits
         cls_logits, _ = out
         assert cls_logits.shape[0] == 1 and cls_logits.shape[-1] == channels + 1
         out = model.decode_head.semantic_scores(*out)
