@@ -56,6 +56,9 @@ DATASETS = {
 # method token -> adapter type in the backbone
 ADAPTERS = {'lora': 'LoRA', 'convlora': 'ConvLoRA', 'naslora': 'NASLoRA',
             'naslora-linbn': 'NASLoRA', 'naspclora': 'NASPCLoRA', 'sam2lora': 'LoRA',
+            # op-set ablations of NAS-LoRA (docs/nas_lora.md)
+            'naslora-ops-noconv': 'NASLoRA', 'naslora-ops-convonly': 'NASLoRA',
+            'naslora-ops-poolskip': 'NASLoRA', 'naslora-ops-plus': 'NASLoRA',
             'decoder-only': None,
             # LiteMedSAM on CamVid: the method token also names the multi-class head
             'lora-set': 'LoRA', 'lora-perclass': 'LoRA', 'decoder-only-perclass': None}

@@ -32,7 +32,6 @@ from .conv_bottleneck_lora import ConvBottleneckLoRA
 from .inject import iter_adapters, replace_module
 from .lora import LoRA
 from .nas_lora import NASLoRA
-from .ops import PRIMITIVES
 
 EXPORT_MODES = ('fold', 'collapse', 'topk')
 
@@ -127,7 +126,9 @@ def _topk(model: nn.Module, adapters: List[Tuple[str, LoRA]], common: dict,
         pruned = adapter.prune_topk(topk)
         replace_module(model, name, pruned)
         kept.append(pruned.primitives)
-    primitives = [p for p in PRIMITIVES if any(p in k for k in kept)]
+    # Every kept op, in the order the layers list their candidates.
+    primitives = list(dict.fromkeys(p for _, a in adapters for p in a.primitives
+                                    if any(p in k for k in kept)))
     return dict(type='NASLoRA', **common, primitives=primitives, **settings,
                 share_alpha=False, layer_primitives=kept)
 

@@ -40,6 +40,10 @@ def inject_adapters(model: nn.Module,
     candidates = [(name, module) for name, module in model.named_modules()
                   if re.search(target, name) and isinstance(module, nn.Linear)]
     if blocks is not None:
+        if len(blocks) == 0:
+            raise ValueError('adapter_blocks=[] is an empty list, so no block would get an '
+                             'adapter; list the block indices to adapt, e.g. [0, 1, 2, 3], '
+                             'or use adapter_blocks=None for all blocks.')
         wanted = {int(b) for b in blocks}
         found = {_block_index(name, block_pattern) for name, _ in candidates}
         unknown = wanted - found

@@ -52,6 +52,12 @@ class LoRA(nn.Module):
     global grids); a flat ``(N, L, C)`` input is viewed as a grid of
     :attr:`grid_size`, or as a square grid when that is unset.
 
+    Prefix tokens: a backbone whose flat sequence starts with
+    :attr:`prefix_tokens` non-grid tokens (a ViT's class token) sets that
+    count; a spatial bottleneck then runs on the ``L - prefix_tokens`` grid
+    tokens only and is the identity on the prefix ones (they still get
+    ``s·B·A·x``). 0, the default, changes nothing.
+
     Window padding: the backbone sets :attr:`valid_size`, the size of the
     map that the windows tile. A spatial bottleneck with ``mask_padding``
     then sees zeros at the padded positions, leaves them out of its
@@ -77,6 +83,14 @@ class LoRA(nn.Module):
                             f'got {type(base_layer).__name__}.')
         if int(rank) != rank or rank < 1:
             raise ValueError(f'LoRA rank must be an integer >= 1, got {rank}.')
+        if not math.isfinite(float(alpha)) or float(alpha) == 0:
+            # s = alpha / r scales the update and both its gradients: with 0
+            # the adapter output and its gradients are zero, so it never trains.
+            raise ValueError(f'LoRA alpha must be a finite non-zero number (the update '
+                             f'is scaled by alpha / rank), got {alpha}; the usual value '
+                             'is alpha=32.')
+        if not 0 <= float(dropout) < 1:
+            raise ValueError(f'LoRA dropout must be in [0, 1), got {dropout}.')
         self.base_layer = base_layer
         self.rank = int(rank)
         self.scaling = float(alpha) / self.rank
@@ -110,6 +124,8 @@ class LoRA(nn.Module):
 
     #: Whether a spatial bottleneck keeps window padding out (see the class doc).
     mask_padding: bool = False
+    #: Leading non-grid tokens of a flat input (e.g. 1 for a class token).
+    prefix_tokens: int = 0
 
     def bottleneck(self, z: torch.Tensor,
                    mask: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -148,6 +164,10 @@ class LoRA(nn.Module):
             return out
         z = self.lora_A(x.to(self.lora_A.weight.dtype))
         if self.spatial:
+            prefix = None
+            if self.prefix_tokens and z.dim() == 3:
+                # The class token has no grid position: identity bottleneck.
+                prefix, z = z[:, :self.prefix_tokens], z[:, self.prefix_tokens:]
             grid = self._to_grid(z)
             mask = self.padding_mask(grid) if self.mask_padding else None
             if mask is None:
@@ -155,6 +175,8 @@ class LoRA(nn.Module):
             else:
                 grid = self.bottleneck(grid * mask.to(grid.dtype), mask) * mask.to(grid.dtype)
             z = grid.reshape(z.shape)
+            if prefix is not None:
+                z = torch.cat((prefix, z), dim=1)
         return out + self.dropout(self.lora_B(z)).to(out.dtype) * self.scaling
 
     def padding_mask(self, grid: torch.Tensor) -> Optional[torch.Tensor]:
@@ -212,6 +234,9 @@ class LoRA(nn.Module):
         if self.spatial and self.mask_padding:
             return ('it zeroes padded window tokens (mask_padding=True), which a '
                     'merged weight cannot do')
+        if self.spatial and self.prefix_tokens:
+            return (f'its bottleneck skips the {self.prefix_tokens} prefix (class) '
+                    'token(s), which a merged weight cannot do')
         if linear.bias is not None and self.base_layer.bias is None:
             return 'its bottleneck has a bias and the base layer has none'
         return None

@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from mmseg.registry import MODELS
 
 from .lora import BottleneckMap, LoRA
-from .ops import OP_VARIANTS, PRIMITIVES, CandidateOp, Zero, build_op, pad_kernel
+from .ops import (CANDIDATE_OPS, OP_VARIANTS, PRIMITIVES, CandidateOp, Zero, build_op,
+                  pad_kernel, registered_ops)
 
 PC_CHANNEL_CHOICES = ('fixed', 'random')
 #: Above this many mixed channels the per-op loop is faster than one fused conv.
@@ -45,11 +46,12 @@ def _check_primitives(primitives: Sequence[str], key: str) -> List[str]:
     primitives = list(primitives)
     if not primitives:
         raise ValueError(f'`{key}` is empty; give at least one of '
-                         f'{list(PRIMITIVES)}.')
-    unknown = [p for p in primitives if p not in PRIMITIVES]
+                         f'{list(registered_ops())}.')
+    unknown = [p for p in primitives if CANDIDATE_OPS.get(p) is None]
     if unknown:
         raise KeyError(f'unknown primitives {unknown} in `{key}`; choose from '
-                       f'{list(PRIMITIVES)}.')
+                       f'{list(registered_ops())} or register your own op '
+                       '(docs/nas_lora.md, "Your own candidate ops").')
     if len(set(primitives)) != len(primitives):
         raise ValueError(f'`{key}` lists an op twice: {primitives}.')
     return primitives
@@ -81,8 +83,9 @@ class NASLoRA(LoRA):
         rank (int): Bottleneck rank r. Defaults to 3.
         alpha (float): LoRA scaling numerator (scale alpha / r). Defaults to 32.
         dropout (float): Dropout on the branch output. Defaults to 0.
-        primitives (Sequence[str]): Candidate op names, a subset of
-            :data:`~.ops.PRIMITIVES`. Defaults to all eight.
+        primitives (Sequence[str]): Candidate op names in
+            :data:`~.ops.CANDIDATE_OPS` (the DARTS eight are
+            :data:`~.ops.PRIMITIVES`, the default).
         op_variant (str): ``'darts'`` (ReLU-Conv-BN, the DARTS search ops),
             ``'linear_bn'`` (linear ops + BN: searchable and collapsible
             without max-pool) or ``'linear'`` (no ReLU/BN). See :mod:`.ops`.

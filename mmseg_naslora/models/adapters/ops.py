@@ -39,17 +39,23 @@ Every op takes an optional ``mask`` of the real (not window-padding)
 positions: they are computed as if the padded positions were outside
 the map (zero in, zero out, left out of every statistic), which is what
 the op would compute on the unpadded grid.
+
+Ops are found by name in :data:`CANDIDATE_OPS`, where the eight DARTS ops
+are registered like any user op (the contract: ``docs/nas_lora.md``).
 """
-from typing import Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from mmengine.registry import Registry
 
 #: DARTS' primitive names, in DARTS' order.
 PRIMITIVES: Tuple[str, ...] = ('none', 'max_pool_3x3', 'avg_pool_3x3',
                                'skip_connect', 'sep_conv_3x3', 'sep_conv_5x5',
                                'dil_conv_3x3', 'dil_conv_5x5')
+#: Extra ops registered next to DARTS' for the op-set ablations (not in the default set).
+EXTRA_PRIMITIVES: Tuple[str, ...] = ('sep_conv_7x7', 'conv_1x1')
 #: The primitives that are affine in the linear variants (all but max-pool).
 LINEAR_PRIMITIVES: Tuple[str, ...] = tuple(p for p in PRIMITIVES
                                            if p != 'max_pool_3x3')
@@ -57,6 +63,11 @@ OP_VARIANTS: Tuple[str, ...] = ('darts', 'linear_bn', 'linear')
 
 #: An affine map ``y = conv(x, kernel, padding=k//2) + bias``; ``bias`` may be None.
 AffineMap = Tuple[torch.Tensor, Optional[torch.Tensor]]
+
+#: Candidate ops by name. An entry is a :class:`CandidateOp` subclass or a
+#: function, called as ``entry(channels, variant)``; register your own with
+#: ``@CANDIDATE_OPS.register_module()`` and list its name in ``primitives``.
+CANDIDATE_OPS = Registry('NAS-LoRA candidate op')
 
 # name -> (family, kernel size, dilation)
 _SPECS: Dict[str, Tuple[str, int, int]] = {
@@ -68,6 +79,9 @@ _SPECS: Dict[str, Tuple[str, int, int]] = {
     'sep_conv_5x5': ('sep_conv', 5, 1),
     'dil_conv_3x3': ('dil_conv', 3, 2),
     'dil_conv_5x5': ('dil_conv', 5, 2),
+    # Extras: a wider separable conv, and a dense 1x1 conv (depthwise 1x1 = a channel scale).
+    'sep_conv_7x7': ('sep_conv', 7, 1),
+    'conv_1x1': ('conv', 1, 1),
 }
 
 
@@ -121,17 +135,22 @@ class MaskedBatchNorm2d(nn.BatchNorm2d):
 class CandidateOp(nn.Module):
     """A stride-1, 'same'-padded map from ``C`` to ``C`` channels (NCHW).
 
+    A registered subclass is built as ``Op(channels, variant)``; it may
+    ignore ``variant`` (see ``docs/nas_lora.md`` for the whole contract).
+
     Args:
         channels (int): Number of channels C.
+        variant (str): The cell's ``op_variant``. Defaults to ``'darts'``.
     """
 
     #: Whether the op is a bare convolution (no BN), so :meth:`dense_kernel`
     #: reproduces it in training too and the fused path may mix it.
     is_linear: bool = False
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, variant: str = 'darts') -> None:
         super().__init__()
         self.channels = channels
+        self.variant = variant
 
     @property
     def kernel_size(self) -> int:
@@ -329,37 +348,117 @@ class ConvOp(CandidateOp):
         return (kernel, None) if unit.bn is None else unit.bn.fold(kernel, None)
 
 
+def _darts_op(name: str) -> Callable[[int, str], CandidateOp]:
+    family, k, d = _SPECS[name]
+
+    def build(channels: int, variant: str = 'darts') -> CandidateOp:
+        darts, bn = variant == 'darts', variant != 'linear'
+        if family == 'none':
+            return Zero(channels)
+        if family == 'skip':
+            return Identity(channels)
+        if family == 'max_pool':
+            return Pool(channels, 'max', with_bn=bn)
+        if family == 'avg_pool':
+            return Pool(channels, 'avg', count_include_pad=not darts, with_bn=bn)
+        repeats = 2 if family == 'sep_conv' and darts else 1
+        return ConvOp(channels, k, d, repeats, relu=darts, bn=bn)
+
+    build.__name__ = name
+    build.__qualname__ = name
+    return build
+
+
+for _name in PRIMITIVES + EXTRA_PRIMITIVES:
+    CANDIDATE_OPS.register_module(name=_name, module=_darts_op(_name))
+
+
+def registered_ops() -> Tuple[str, ...]:
+    """Names in :data:`CANDIDATE_OPS`: DARTS' eight, the extras, then user ops."""
+    return tuple(CANDIDATE_OPS.module_dict)
+
+
 def build_op(name: str, channels: int, variant: str = 'darts') -> CandidateOp:
     """Build the candidate op ``name`` on ``channels`` channels.
 
     Args:
-        name (str): One of :data:`PRIMITIVES`.
+        name (str): A name in :data:`CANDIDATE_OPS` (the DARTS ones are
+            :data:`PRIMITIVES`).
         channels (int): Number of channels (the LoRA rank, or its PC part).
         variant (str): One of :data:`OP_VARIANTS` (see the module docstring).
 
     Returns:
         CandidateOp: The op.
     """
-    if name not in _SPECS:
-        raise KeyError(f'unknown NAS-LoRA primitive {name!r}; choose from '
-                       f'{list(PRIMITIVES)}.')
+    factory = CANDIDATE_OPS.get(name)
+    if factory is None:
+        raise KeyError(f'unknown NAS-LoRA primitive {name!r}; registered: '
+                       f'{list(registered_ops())}. Register an op with '
+                       '@CANDIDATE_OPS.register_module() (docs/nas_lora.md).')
     if variant not in OP_VARIANTS:
         raise ValueError(f'op_variant must be one of {list(OP_VARIANTS)}, '
                          f'got {variant!r}.')
     if int(channels) != channels or channels < 1:
         raise ValueError(f'candidate ops need >= 1 channels, got {channels}.')
-    darts, bn = variant == 'darts', variant != 'linear'
-    family, k, d = _SPECS[name]
-    if family == 'none':
-        return Zero(channels)
-    if family == 'skip':
-        return Identity(channels)
-    if family == 'max_pool':
-        return Pool(channels, 'max', with_bn=bn)
-    if family == 'avg_pool':
-        return Pool(channels, 'avg', count_include_pad=not darts, with_bn=bn)
-    repeats = 2 if family == 'sep_conv' and darts else 1
-    return ConvOp(channels, k, d, repeats, relu=darts, bn=bn)
+    op = factory(int(channels), variant)
+    if name not in _SPECS:  # the package's ops are tested; probe only users' ops
+        check_op_contract(name, op, int(channels))
+    return op
+
+
+def check_op_contract(name: str, op: nn.Module, channels: int) -> None:
+    """Raise a clear error when the op ``name`` breaks the :class:`CandidateOp` contract.
+
+    The op must be a :class:`CandidateOp` on ``channels`` channels, keep the
+    ``(N, C, H, W)`` shape (with and without a ``mask``), and, when it says
+    it :attr:`~CandidateOp.is_linear`, give a ``(C, C, k, k)`` odd kernel of
+    its :attr:`~CandidateOp.kernel_size` that reproduces it.
+    """
+    where = f'NAS-LoRA candidate op {name!r} ({type(op).__name__})'
+    if not isinstance(op, CandidateOp):
+        raise TypeError(f'{where} must be a subclass of '
+                        'mmseg_naslora.models.adapters.ops.CandidateOp.')
+    if op.channels != channels:
+        raise ValueError(f'{where} was built for {op.channels} channels, not {channels}.')
+    size = op.kernel_size
+    if int(size) != size or size < 1 or size % 2 == 0:
+        raise ValueError(f'{where}: kernel_size must be an odd integer >= 1, got {size}.')
+    was_training = op.training
+    op.eval()  # a probe must not move BN statistics
+    x = torch.randn(2, channels, 5, 6, generator=torch.Generator().manual_seed(0))
+    mask = torch.ones(2, 1, 5, 6, dtype=torch.bool)
+    mask[..., 4:, :] = False
+
+    def probe(fn: Callable, *args) -> torch.Tensor:
+        try:
+            with torch.no_grad():
+                return fn(*args)
+        except Exception as error:  # the op's own code failed
+            raise RuntimeError(
+                f'{where} failed on a (2, {channels}, 5, 6) probe'
+                f'{" with a (2, 1, 5, 6) mask" if len(args) > 1 else ""}: '
+                f'{type(error).__name__}: {error}') from error
+
+    try:
+        for args in ((x, ), (x, mask)):
+            out = probe(op, *args)
+            if not isinstance(out, torch.Tensor) or out.shape != x.shape:
+                raise ValueError(f'{where} must map (N, C, H, W) to the same shape with '
+                                 'stride 1 and same padding; got '
+                                 f'{getattr(out, "shape", type(out).__name__)} for '
+                                 f'{tuple(x.shape)}.')
+        if op.is_linear:
+            kernel = probe(op.dense_kernel)
+            if tuple(kernel.shape) != (channels, channels, size, size):
+                raise ValueError(f'{where}: dense_kernel() must be (C, C, k, k) = '
+                                 f'{(channels, channels, size, size)}, got '
+                                 f'{tuple(kernel.shape)}.')
+            conv = F.conv2d(x, kernel.to(x), padding=size // 2)
+            if (conv - probe(op, x)).abs().max() > 1e-4 * (1 + conv.abs().max()):
+                raise ValueError(f'{where} says is_linear but its dense_kernel() does not '
+                                 'reproduce its output.')
+    finally:
+        op.train(was_training)
 
 
 def pad_kernel(kernel: torch.Tensor, size: int) -> torch.Tensor:

@@ -192,3 +192,18 @@ def test_masked_op_equals_op_on_the_unpadded_map(name, variant):
     expected, got = op.train()(x), op(padded, mask)
     assert torch.allclose(got[..., :4, :5], expected, atol=1e-5)
     assert torch.equal(got * ~mask, torch.zeros_like(got))
+
+
+@pytest.mark.parametrize('variant', OP_VARIANTS)
+@pytest.mark.parametrize('name,size', [('sep_conv_7x7', 7), ('conv_1x1', 1)])
+def test_extra_ops_for_the_ablations(name, size, variant):
+    op = build_op(name, 3, variant)
+    _randomise(op)
+    assert op.kernel_size == size and op(torch.randn(2, 3, 6, 6)).shape == (2, 3, 6, 6)
+    assert name not in PRIMITIVES  # not in the default search space
+    if variant == 'linear':
+        x = torch.randn(2, 3, 5, 7)
+        kernel = op.dense_kernel()
+        assert (F.conv2d(x, kernel, padding=size // 2) - op(x)).abs().max() < 1e-5
+    if variant == 'darts':
+        assert op.affine_map() is None
