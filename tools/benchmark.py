@@ -151,6 +151,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument('--amp', action='store_true',
                         help='bf16 autocast (CUDA: AmpOptimWrapper; CPU: torch.autocast)')
     parser.add_argument('--with-cp', action='store_true', help='activation checkpointing')
+    parser.add_argument('--infer-only', action='store_true',
+                        help='measure only inference latency and the export (no training step)')
     parser.add_argument('--threads', type=int, default=None, help='torch CPU threads')
     parser.add_argument('--quick', action='store_true',
                         help='tiny arch at 64x64, 1 warm-up, 2 steps (tests)')
@@ -382,8 +384,6 @@ def matmul_peak(device: str, dtype: torch.dtype, repeat: int = 5) -> float:
 
 def measure(args: argparse.Namespace, method: str) -> dict:
     """All columns of one method, in this process."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     from mmseg_naslora.models.adapters.arch import is_arch_name
     from mmseg_naslora.models.adapters.export import export_adapters
 
@@ -396,6 +396,41 @@ def measure(args: argparse.Namespace, method: str) -> dict:
         alpha_params=sum(p.numel() for n, p in trainable if is_arch_name(n)),
         model_mb=sum(t.numel() * t.element_size()
                      for t in list(model.parameters()) + list(model.buffers())) / 2**20)
+    if args.infer_only:  # inference latency and the export check only
+        for key in ('train_step_ms', 'train_step_ms_all', 'peak_train_mem_mb',
+                    'flops_per_step', 'achieved_flops'):
+            row[key] = None
+    else:
+        _measure_training(args, model, wrapper, batch, row)
+    model.eval()
+    inputs = model.data_preprocessor(batch, False)['inputs']
+    infer = partial(_infer, model, inputs, args.device if args.amp else None)
+    # Timed in turns with the frozen model in this process: separate processes
+    # differ by up to 2x in allocator and cache state, which drowns a few %.
+    reference = None
+    if method != 'frozen' and not spec.get('sam2'):
+        reference = partial(_infer, build(args, 'frozen')[0].eval(), inputs,
+                            args.device if args.amp else None)
+    output = infer()
+    row['infer_ms'], row['infer_vs_frozen'] = _infer_times(infer, reference, args)
+    if method == 'frozen':
+        row['infer_vs_frozen'] = 1.0
+    mode = spec.get('export')
+    row['export_mode'] = None if mode is None else (f'topk{args.topk}' if mode == 'topk'
+                                                    else mode)
+    row['infer_export_ms'] = row['export_max_abs_diff'] = row['export_vs_frozen'] = None
+    if mode is not None:
+        export_adapters(model, mode, topk=args.topk if mode == 'topk' else None)
+        row['export_max_abs_diff'] = (infer() - output).abs().max().item()
+        row['infer_export_ms'], row['export_vs_frozen'] = _infer_times(infer, reference, args)
+    return row
+
+
+def _measure_training(args: argparse.Namespace, model: torch.nn.Module, wrapper,
+                      batch: dict, row: dict) -> None:
+    """Training step time, peak memory and FLOPs of one method, into ``row``."""
+    from torch.utils.flop_counter import FlopCounterMode
+
     def train_step():
         return model.train_step(batch, wrapper)  # the plan: α steps in every stage-2 step
 
@@ -421,29 +456,6 @@ def measure(args: argparse.Namespace, method: str) -> dict:
         train_step()
     row['flops_per_step'] = flops.get_total_flops()
     row['achieved_flops'] = row['flops_per_step'] / (row['train_step_ms'] / 1e3)
-
-    model.eval()
-    inputs = model.data_preprocessor(batch, False)['inputs']
-    infer = partial(_infer, model, inputs, args.device if args.amp else None)
-    # Timed in turns with the frozen model in this process: separate processes
-    # differ by up to 2x in allocator and cache state, which drowns a few %.
-    reference = None
-    if method != 'frozen' and not spec.get('sam2'):
-        reference = partial(_infer, build(args, 'frozen')[0].eval(), inputs,
-                            args.device if args.amp else None)
-    output = infer()
-    row['infer_ms'], row['infer_vs_frozen'] = _infer_times(infer, reference, args)
-    if method == 'frozen':
-        row['infer_vs_frozen'] = 1.0
-    mode = spec.get('export')
-    row['export_mode'] = None if mode is None else (f'topk{args.topk}' if mode == 'topk'
-                                                    else mode)
-    row['infer_export_ms'] = row['export_max_abs_diff'] = row['export_vs_frozen'] = None
-    if mode is not None:
-        export_adapters(model, mode, topk=args.topk if mode == 'topk' else None)
-        row['export_max_abs_diff'] = (infer() - output).abs().max().item()
-        row['infer_export_ms'], row['export_vs_frozen'] = _infer_times(infer, reference, args)
-    return row
 
 
 def _infer(model: torch.nn.Module, inputs: torch.Tensor, autocast: Optional[str]):
@@ -562,8 +574,11 @@ def markdown(result: dict) -> str:
     lines = [
         f"**{meta['arch']}**, {meta['size']}², batch {meta['batch_size']}, "
         f"{meta['device_name']}, {'bf16 autocast' if meta['amp'] else 'fp32'}"
-        f"{', activation checkpointing' if meta['with_cp'] else ''}; median of "
-        f"{meta['steps']} steps after {meta['warmup']} warm-up; {meta['weights']}. "
+        f"{', activation checkpointing' if meta['with_cp'] else ''}; "
+        + (f"inference only, median of {meta['infer_steps']} forwards per model after "
+           f"{meta['warmup']} warm-up" if meta.get('infer_only') else
+           f"median of {meta['steps']} steps after {meta['warmup']} warm-up")
+        + f"; {meta['weights']}. "
         f"Matmul peak: {meta['matmul_peak_gflops']:.0f} GFLOP/s ({meta['peak_dtype']}). "
         'Ratios are ×LoRA / ×full fine-tune; inference is also timed in turns with the '
         'frozen model in the same process (× frozen)'
@@ -582,17 +597,18 @@ def markdown(result: dict) -> str:
             continue
         params = f"{row['trainable_params']:,}" + (
             f" (α {row['alpha_params']})" if row['alpha_params'] else '')
+        flops = '— | —' if row['flops_per_step'] is None else (
+            f"{row['flops_per_step'] / 1e9:.2f} | {row['achieved_flops'] / 1e9:.1f} "
+            f"({100 * row['achieved_flops'] / meta['matmul_peak_flops']:.0f}%)")
         export = '—' if row['export_mode'] is None else (
             f"{row['infer_export_ms']:.1f} ({_fmt(row['export_vs_frozen'], '.2f')}; "
             f"{row['export_mode']}, {row['export_max_abs_diff']:.1e})")
         lines.append(
             f"| {row['label']} | {row['backbone']} | {params} | "
-            f"{_ratio(row, 'trainable_params')} | {row['train_step_ms']:.1f} | "
-            f"{_ratio(row, 'train_step_ms')} | {row['peak_train_mem_mb']:.0f} | "
+            f"{_ratio(row, 'trainable_params')} | {_fmt(row['train_step_ms'], '.1f')} | "
+            f"{_ratio(row, 'train_step_ms')} | {_fmt(row['peak_train_mem_mb'])} | "
             f"{_ratio(row, 'peak_train_mem_mb')} | {row['infer_ms']:.1f} "
-            f"({_fmt(row['infer_vs_frozen'], '.2f')}) | {export} | "
-            f"{row['flops_per_step'] / 1e9:.2f} | {row['achieved_flops'] / 1e9:.1f} "
-            f"({100 * row['achieved_flops'] / meta['matmul_peak_flops']:.0f}%) |")
+            f"({_fmt(row['infer_vs_frozen'], '.2f')}) | {export} | {flops} |")
     return '\n'.join(lines) + '\n'
 
 
@@ -914,7 +930,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         arch=args.arch, size=args.size, batch_size=args.batch_size, device=args.device,
         device_name=device_name(args.device), amp=args.amp, with_cp=args.with_cp,
         steps=args.steps, warmup=args.warmup, infer_steps=args.infer_steps,
-        malloc_tuned=malloc_tuned, torch=torch.__version__, weights=RANDOM_WEIGHTS_NOTE,
+        infer_only=args.infer_only, malloc_tuned=malloc_tuned, torch=torch.__version__, weights=RANDOM_WEIGHTS_NOTE,
         peak_dtype=str(peak_dtype).replace('torch.', ''), matmul_peak_flops=peak,
         matmul_peak_gflops=peak / 1e9)
     result = dict(meta=meta, rows=rows)

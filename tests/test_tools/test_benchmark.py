@@ -106,3 +106,18 @@ def test_profile_attributes_the_nas_cell(tmp_path):
 def test_bad_arch_is_refused():
     with pytest.raises(SystemExit, match='neither one of'):
         benchmark.model_config(benchmark.parse_args(['--arch', 'vit-x']), 'lora')
+
+
+def test_infer_only_times_inference_and_export_alone(tmp_path):
+    out = tmp_path / 'infer.json'
+    proc = run_tool('--quick', '--infer-only', '--methods', 'frozen', 'nas_lora_linbn_s2',
+                    '--out', str(out))
+    with open(out) as f:
+        result = json.load(f)
+    rows = {r['method']: r for r in result['rows']}
+    cell = rows['nas_lora_linbn_s2']
+    assert cell['train_step_ms'] is None and cell['flops_per_step'] is None
+    assert cell['infer_ms'] > 0 and cell['infer_export_ms'] > 0
+    assert cell['export_mode'] == 'collapse' and cell['export_max_abs_diff'] < 1e-4
+    assert cell['export_vs_frozen'] > 0
+    assert result['meta']['infer_only'] and 'inference only' in proc.stdout
