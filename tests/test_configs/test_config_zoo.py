@@ -68,6 +68,8 @@ ZOO_DATASETS = ['isic2017', 'kvasir-pranet', 'cvc-clinicdb', 'cvc-colondb', 'eti
                 'trans10k-v2', 'drive', 'chase-db1', 'stare', 'hrf']
 SAM2_TINY = dict(embed_dim=16, num_heads=1, stages=(1, 1, 2, 1), global_att_blocks=(3, ),
                  window_spec=(4, 2, 2, 1), window_pos_embed_bkg_spatial_size=(4, 4))
+# backbone token -> inner type of AdaptedBackbone (configs/mmseg_vit, docs/mmseg_vit.md)
+MMSEG_VITS = {'vit': 'VisionTransformer', 'beit': 'BEiT', 'mae': 'MAE'}
 TINY_SAM_DECODER = dict(transformer_mlp_dim=64, transformer_num_heads=2, iou_head_hidden_dim=32)
 
 
@@ -172,6 +174,10 @@ def test_name_matches_config(path):
         assert backbone.img_size == int(name['crop_w'])
     elif name['backbone'] == 'litemedsam':
         assert backbone.type == 'SAMTinyViT'
+    elif name['backbone'].split('-')[0] in MMSEG_VITS:  # configs/mmseg_vit: mmseg's own ViTs
+        assert backbone.type == 'AdaptedBackbone'
+        assert backbone.backbone.type == MMSEG_VITS[name['backbone'].split('-')[0]]
+        assert tuple(backbone.backbone.img_size) == (int(name['crop_h']), int(name['crop_w']))
     else:
         assert name['backbone'].startswith('sam2-hiera') and backbone.type == 'SAM2Hiera'
     # schedule and crop tokens
@@ -299,6 +305,11 @@ def tiny_model_cfg(cfg: Config):
     elif backbone.type == 'SAM2Hiera':
         backbone.update(arch=SAM2_TINY, out_channels=32, checkpoint=None)
         width = 32
+    elif backbone.type == 'AdaptedBackbone':  # mmseg's ViTs: 4 tiny layers, one map each
+        backbone.backbone.update(img_size=size, embed_dims=32, num_layers=4, num_heads=2,
+                                 out_indices=(0, 1, 2, 3))
+        backbone.update(checkpoint=None)
+        width = 32
     else:  # SAMTinyViT: its real (small) architecture, randomly initialised
         backbone.update(img_size=size, checkpoint=None)
         width = 256
@@ -307,7 +318,11 @@ def tiny_model_cfg(cfg: Config):
         head.update(in_channels=width, channels=width, checkpoint=None, **TINY_SAM_DECODER)
     else:  # stock mmseg heads
         if model.get('neck'):
-            model.neck.update(in_channels=[width], out_channels=width)
+            if model.neck.type == 'Feature2Pyramid':  # BEiT/MAE in AdaptedBackbone
+                model.neck.update(embed_dim=width)
+            else:  # one map per backbone output (four for mmseg's ViT)
+                maps = 4 if backbone.type == 'AdaptedBackbone' else 1
+                model.neck.update(in_channels=[width] * maps, out_channels=width)
             head.update(in_channels=[width] * len(head.in_channels), channels=16)
         else:
             head.update(in_channels=width, channels=16)

@@ -1,0 +1,36 @@
+# Iteration-based stage-wise NAS-LoRA schedule for ADE20K: 80k iterations (mmseg's
+# schedule_80k length), the weights alone for T_B = 20k (1/4), then α and the weights
+# together (joint step). The LoRA configs use mmseg's schedule_80k with AdamW.
+optim_wrapper = dict(
+    constructor='NASOptimWrapperConstructor',
+    weights=dict(
+        type='OptimWrapper',
+        optimizer=dict(type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=1e-4),
+        clip_grad=None),
+    # No α weight decay: softmax(α) is shift-invariant (docs/nas_training.md).
+    alpha=dict(
+        type='OptimWrapper',
+        optimizer=dict(type='Adam', lr=1e-3, betas=(0.5, 0.999), weight_decay=0.)))
+param_scheduler = dict(
+    weights=[
+        dict(type='LinearLR', start_factor=1e-3, by_epoch=False, begin=0, end=1500),
+        dict(type='PolyLR', eta_min=0.0, power=1.0, by_epoch=False, begin=1500, end=80000),
+    ],
+    alpha=[])
+train_cfg = dict(type='IterBasedTrainLoop', max_iters=80000, val_interval=8000)
+val_cfg = dict(type='ValLoop')
+test_cfg = dict(type='TestLoop')
+default_hooks = dict(
+    timer=dict(type='IterTimerHook'),
+    logger=dict(type='LoggerHook', interval=50, log_metric_by_epoch=False),
+    param_scheduler=dict(type='ParamSchedulerHook'),
+    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=8000, max_keep_ckpts=2,
+                    save_best='mIoU', rule='greater'),
+    sampler_seed=dict(type='DistSamplerSeedHook'),
+    visualization=dict(type='SegVisualizationHook'))
+custom_hooks = [
+    dict(type='NASStageHook', warmup=20000, by_epoch=False),
+    dict(type='NASAlphaLoggerHook', interval=50),
+]
+# find_unused_parameters: False for the joint step, True for the alternating one.
+model_wrapper_cfg = dict(type='mmseg.NASDistributedDataParallel')
