@@ -13,9 +13,9 @@ model = dict(
     # Prompt-free multi-class SAM decoder: one mask token per query, a
     # (K+1)-way classifier and the Mask2Former set loss.
     decode_head=dict(
+        type='SAMMaskSetHead',
         num_classes=12,
         out_channels=12,
-        mode='set',
         set_loss=dict(type='MaskSetLoss', loss_cls_weight=2.0, loss_mask_weight=5.0,
                       loss_dice_weight=5.0, no_object_weight=0.1)))
 default_hooks = dict(checkpoint=dict(save_best='mIoU', rule='greater'))
