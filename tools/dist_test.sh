@@ -9,7 +9,8 @@ NODE_RANK=${NODE_RANK:-0}
 PORT=${PORT:-29500}
 MASTER_ADDR=${MASTER_ADDR:-"127.0.0.1"}
 
-PYTHONPATH="$(dirname "$0")/..":$PYTHONPATH \
+# exec: the exit status (and a signal that kills a rank) is torchrun's own.
+PYTHONPATH="$(dirname "$0")/..":$PYTHONPATH exec \
 "${PYTHON:-python}" -m torch.distributed.run \
     --nnodes="$NNODES" \
     --node_rank="$NODE_RANK" \

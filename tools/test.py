@@ -15,7 +15,8 @@ from mmengine.runner import Runner
 import mmseg_naslora  # noqa: F401  (registers modules and the checkpoint loader fix)
 from mmseg_naslora.engine.reliability_defaults import add_reliability_hooks
 from mmseg_naslora.engine.work_dir import find_latest_checkpoint
-from mmseg_naslora.utils.cli import add_common_args, init_cpu_distributed, load_config
+from mmseg_naslora.utils.cli import (DistributedSession, add_common_args, apply_tta,
+                                     load_config)
 from mmseg_naslora.utils.cpu_allocator import tune_cpu_allocator
 
 # Metrics that can write their predicted masks with output_dir/keep_results.
@@ -69,10 +70,8 @@ def main() -> None:
     if args.show_dir:  # every test image, not mmseg's default of one in 50
         cfg.default_hooks.visualization.update(draw=True, interval=1)
         cfg.visualizer.save_dir = args.show_dir
-    if args.tta:
-        cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
-        cfg.tta_model.module = cfg.model
-        cfg.model = cfg.tta_model
+    if args.tta:  # refuses configs without a fitting tta_pipeline
+        apply_tta(cfg, args.config)
     if args.out is not None:
         evaluators = cfg.test_evaluator
         writers = [e for e in (evaluators if isinstance(evaluators, list) else [evaluators])
@@ -81,12 +80,11 @@ def main() -> None:
             raise SystemExit(f'--out needs one of {MASK_WRITERS} in test_evaluator.')
         for evaluator in writers:
             evaluator.update(output_dir=args.out, keep_results=True)
-    init_cpu_distributed(cfg, args.launcher)
-    Runner.from_cfg(cfg).test()
-    # gloo/NCCL threads still running at interpreter exit abort the process
-    # (SIGABRT, "terminate called without an active exception") after a good run.
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
+    # The session shuts the workers and the process group down, also on error:
+    # left to interpreter exit they abort it (SIGABRT) after a good run.
+    with DistributedSession(cfg, args.launcher) as session:
+        session.runner = Runner.from_cfg(cfg)
+        session.runner.test()
 
 
 if __name__ == '__main__':

@@ -14,7 +14,7 @@ from mmseg.registry import RUNNERS
 import mmseg_naslora  # noqa: F401  (registers modules and the checkpoint loader fix)
 from mmseg_naslora.engine.reliability_defaults import add_reliability_hooks
 from mmseg_naslora.engine.work_dir import WorkDirError, prepare_train_work_dir
-from mmseg_naslora.utils.cli import (add_common_args, enable_amp, init_cpu_distributed,
+from mmseg_naslora.utils.cli import (DistributedSession, add_common_args, enable_amp,
                                      load_config)
 from mmseg_naslora.utils.cpu_allocator import tune_cpu_allocator
 
@@ -57,13 +57,12 @@ def main() -> None:
         print(f'--resume: resuming from {resume_from}, the newest checkpoint in '
               f'{cfg.work_dir}', flush=True)
         cfg.load_from = resume_from  # mmengine resumes from load_from when set
-    init_cpu_distributed(cfg, args.launcher)
-    runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
-    runner.train()
-    # gloo/NCCL threads still running at interpreter exit abort the process
-    # (SIGABRT, "terminate called without an active exception") after a good run.
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
+    # The session shuts the workers and the process group down, also on error:
+    # left to interpreter exit they abort it (SIGABRT) after a good run.
+    with DistributedSession(cfg, args.launcher) as session:
+        session.runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg \
+            else RUNNERS.build(cfg)
+        session.runner.train()
 
 
 if __name__ == '__main__':

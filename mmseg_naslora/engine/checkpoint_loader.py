@@ -20,7 +20,10 @@ What is patched and why (the single place; see also docs/troubleshooting.md,
   the tools).
 - ``.safetensors`` files are routed to the safetensors reader, which never
   unpickles: an adapter file (:mod:`mmseg_naslora.models.utils.adapter_io`)
-  or plain weights.
+  or plain weights. An adapter file read by a runner's ``load_checkpoint``
+  (``load_from``) is loaded here onto the runner's model, base SAM weights
+  first, so a stock mmseg runner (``custom_imports``, no package hooks)
+  evaluates the same model as ``tools/test.py``.
 
 Pretrained SAM weights go through
 :func:`mmseg_naslora.models.utils.checkpoint.load_state_dict_file`
@@ -32,6 +35,7 @@ Importing this module also makes the runner's checkpoint writes atomic
 import os
 import os.path as osp
 import pickle
+import sys
 from typing import Any, List
 
 import torch
@@ -120,28 +124,52 @@ def load_pth(filename: str, map_location=None) -> Any:
             'weights, use an adapters.safetensors file instead.') from None
 
 
+def _loading_runner():
+    """The mmengine ``Runner`` whose ``load_checkpoint`` is reading a file, if any.
+
+    mmengine hands the loader a file name only; an adapter file can only be
+    loaded correctly onto the model (its frozen weights come from the base
+    SAM of the model's config), so the loader walks up the call stack to the
+    frame of ``Runner.load_checkpoint`` (matched by name and by ``self``
+    being a ``Runner``) and takes that runner. None when called otherwise
+    (e.g. ``CheckpointLoader.load_checkpoint`` directly).
+    """
+    from mmengine.runner import Runner
+    frame = sys._getframe(1)
+    while frame is not None:
+        owner = frame.f_locals.get('self')
+        if frame.f_code.co_name == 'load_checkpoint' and isinstance(owner, Runner):
+            return owner
+        frame = frame.f_back
+    return None
+
+
 @CheckpointLoader.register_scheme(prefixes='', force=True)
 def load_from_local(filename: str, map_location=None):
     """mmengine's ``load_from_local``, safe: see the module docstring.
 
-    ``.safetensors`` files are read without pickle: an adapter file becomes
-    ``dict(state_dict=..., meta=dict(adapter_file=PATH, adapter_metadata=...))``
-    (the :class:`AdapterCheckpointHook` then loads it onto the base model),
-    any other safetensors file ``dict(state_dict=...)``. Other files go
-    through :func:`load_pth`.
+    ``.safetensors`` files are read without pickle. An adapter file read by
+    ``Runner.load_checkpoint`` is loaded onto the runner's model
+    (:func:`~mmseg_naslora.engine.hooks.adapter_checkpoint_hook.adapter_file_checkpoint`)
+    and the complete state dict is returned; read any other way, it becomes
+    ``dict(state_dict=TENSORS, meta=dict(adapter_file=PATH, adapter_metadata=...))``
+    (the :class:`AdapterCheckpointHook` then loads it onto the base model).
+    Any other safetensors file gives ``dict(state_dict=...)``. Other files
+    go through :func:`load_pth`.
     """
     filename = osp.expanduser(filename)
     if not osp.isfile(filename):
         raise FileNotFoundError(f'{filename} can not be found.')
     if filename.endswith('.safetensors'):
-        from safetensors import safe_open
-
-        from ..models.utils.adapter_io import FORMAT, read_adapters
-        with safe_open(filename, framework='pt') as f:
-            is_adapter_file = (f.metadata() or {}).get('format') == FORMAT
-        if not is_adapter_file:
+        from ..models.utils.adapter_io import (FORMAT, read_adapters,
+                                               read_safetensors_metadata)
+        if read_safetensors_metadata(filename).get('format') != FORMAT:
             from safetensors.torch import load_file
             return dict(state_dict=load_file(filename))
+        runner = _loading_runner()
+        if runner is not None:
+            from .hooks.adapter_checkpoint_hook import adapter_file_checkpoint
+            return adapter_file_checkpoint(runner, filename)
         tensors, metadata = read_adapters(filename)
         return dict(state_dict=tensors,
                     meta=dict(adapter_file=filename, adapter_metadata=metadata))

@@ -1,8 +1,12 @@
 """Arguments and config edits shared by the command-line tools."""
 import argparse
+import gc
 import logging
 import os
 import os.path as osp
+import weakref
+from types import TracebackType
+from typing import Any, Optional, Type
 
 import torch
 from mmengine.config import Config, DictAction
@@ -138,3 +142,174 @@ def init_cpu_distributed(cfg: Config, launcher: str) -> None:
     cfg.setdefault('env_cfg', {}).setdefault('dist_cfg', {})['backend'] = 'gloo'
     cfg.setdefault('model_wrapper_cfg', dict(type='mmseg.NASDistributedDataParallel'))
     dist.init_process_group(backend='gloo')
+
+
+#: Metrics that read the per-pixel scores ``seg_logits``, which mmseg's
+#: ``SegTTAModel`` does not merge (it merges ``pred_sem_seg`` only and leaves
+#: the last view's scores), so their TTA numbers would silently be one view's.
+SCORE_METRICS = ('AUCMetric', 'SODMetric')
+
+
+def _flat_transforms(pipeline) -> list:
+    """Every transform of ``pipeline``, ``TestTimeAug``'s options included."""
+    flat = []
+    for transform in pipeline:
+        if transform.get('type') == 'TestTimeAug':
+            for options in transform.get('transforms', []):
+                flat.extend(options)
+        else:
+            flat.append(transform)
+    return flat
+
+
+def apply_tta(cfg: Config, config_path: str) -> None:
+    """``--tta``: test through ``cfg.tta_model`` and ``cfg.tta_pipeline``, or refuse clearly.
+
+    Refused (``SystemExit`` naming the config and the fix) when the config has
+    no ``tta_pipeline`` (it used to be an ``AttributeError``), when its
+    ``tta_pipeline`` lacks a transform of ``test_dataloader.dataset.pipeline``
+    (e.g. a config that overrides ``test_pipeline`` with another resize but
+    inherits its dataset base's ``tta_pipeline``: TTA would test at another
+    scale than the plain test), and when ``test_evaluator`` has a metric that
+    reads ``seg_logits`` (:data:`SCORE_METRICS`, ``BERMetric(source='score')``),
+    which ``SegTTAModel`` does not merge. A missing ``tta_model`` defaults to
+    mmseg's ``SegTTAModel``.
+
+    Args:
+        cfg (Config): The test config, edited in place.
+        config_path (str): Its file, for the messages.
+    """
+    if cfg.get('tta_pipeline') is None:
+        raise SystemExit(
+            f'--tta: {config_path} defines no tta_pipeline (the test pipeline of the '
+            'test-time augmentation); add tta_model = dict(type=\'SegTTAModel\') and a '
+            'tta_pipeline to the config (see configs/_base_/datasets/kvasir_seg.py), or drop '
+            '--tta.')
+    test_pipeline = cfg.test_dataloader.dataset.get('pipeline') or []
+    tta = _flat_transforms(cfg.tta_pipeline)
+    missing = [t for t in test_pipeline if t not in tta]
+    if missing:
+        shown = '; '.join(str(dict(t)) for t in missing)
+        raise SystemExit(
+            f'--tta: the tta_pipeline of {config_path} does not match its '
+            f'test_dataloader.dataset.pipeline, which has {shown} that the tta_pipeline lacks '
+            '(a config that overrides test_pipeline inherits the tta_pipeline of its dataset '
+            'base unchanged); define tta_pipeline next to test_pipeline in the config with the '
+            'same transforms plus the flips, or drop --tta.')
+    evaluators = cfg.get('test_evaluator') or []
+    for evaluator in evaluators if isinstance(evaluators, list) else [evaluators]:
+        kind = str(evaluator.get('type', '')).split('.')[-1]
+        scored = kind in SCORE_METRICS
+        if kind == 'BERMetric':
+            from mmseg.registry import METRICS
+            scored = getattr(METRICS.build(evaluator), 'source', 'pred') == 'score'
+        if scored:
+            raise SystemExit(
+                f'--tta: test_evaluator {kind} of {config_path} reads the per-pixel scores '
+                '(seg_logits), which mmseg\'s SegTTAModel does not merge (only the predicted '
+                'masks are averaged), so its TTA value would be that of one view; drop --tta, '
+                'or use a test_evaluator of mask metrics only (e.g. ForegroundIoUMetric).')
+    cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
+    tta_model = cfg.get('tta_model') or dict(type='SegTTAModel')
+    tta_model['module'] = cfg.model
+    cfg.model = tta_model
+
+
+class DistributedSession:
+    """Start the CPU process group of a tool and shut everything down in ``__exit__``.
+
+    The tool stores its runner in :attr:`runner`; ``__exit__`` runs on success
+    and on error (a ``try``/``finally``), so no tool leaves at interpreter exit
+    anything that owns gloo/NCCL threads. Such threads outliving ``main``
+    (a process group, or the DDP reducer holding it, destroyed by Python's
+    finalisation in arbitrary order) abort the process after a good run:
+    SIGABRT, ``terminate called without an active exception``. In order:
+
+    1. the dataloader workers (``persistent_workers=True`` keeps them alive
+       with their iterator) are shut down;
+    2. the runner (model, DDP reducer, loops, dataloaders) is released and
+       collected, so the last reference to the process group is the
+       default-group registry;
+    3. on success, a barrier, so no rank closes its gloo connections while a
+       peer still talks to it (ranks finish the last save or the result
+       collection at different times);
+    4. ``destroy_process_group()``, which now runs the group's destructor (and
+       joins its threads) here, in ``main``, not during finalisation.
+
+    On error the barrier is skipped (the peers may never reach it) and the
+    teardown never masks the original exception.
+
+    Args:
+        cfg (Config): The tool's config (:func:`init_cpu_distributed` edits it).
+        launcher (str): ``--launcher``.
+    """
+
+    def __init__(self, cfg: Config, launcher: str) -> None:
+        self.cfg = cfg
+        self.launcher = launcher
+        self.runner: Any = None
+
+    def __enter__(self) -> 'DistributedSession':
+        init_cpu_distributed(self.cfg, self.launcher)
+        return self
+
+    def __exit__(self, exc_type: Optional[Type[BaseException]],
+                 exc: Optional[BaseException], tb: Optional[TracebackType]) -> bool:
+        ok = exc_type is None
+        try:
+            model_ref = self._release_runner()
+            _destroy_process_group(ok)
+            if ok and model_ref is not None and model_ref() is not None:
+                print_log('teardown: the model is still referenced after the run; its '
+                          'process-group handles are freed at interpreter exit.',
+                          logger='current', level=logging.DEBUG)
+        except Exception as err:  # noqa: BLE001  never mask the run's own error
+            if ok:
+                raise
+            print_log(f'teardown after the error failed too: {err!r}', logger='current',
+                      level=logging.WARNING)
+        return False
+
+    def _release_runner(self) -> Optional[weakref.ref]:
+        runner, self.runner = self.runner, None
+        if runner is None:
+            return None
+        shutdown_dataloader_workers(runner)
+        model = getattr(runner, 'model', None)
+        model_ref = weakref.ref(model) if model is not None else None
+        del runner, model
+        gc.collect()  # loops and hooks reference the runner: free the cycles now
+        return model_ref
+
+
+def shutdown_dataloader_workers(runner: Any) -> None:
+    """Stop the worker processes of every dataloader the runner built.
+
+    ``persistent_workers=True`` keeps each ``DataLoader``'s iterator (and its
+    workers) alive until the loader is collected; an iteration-based loop
+    holds its own iterator. Both are shut down here, deterministically.
+    """
+    from torch.utils.data import DataLoader
+    iterators = []
+    # The raw attributes: the properties would build a loop that was never used.
+    for name in ('_train_loop', '_val_loop', '_test_loop'):
+        loop = getattr(runner, name, None)
+        loader = getattr(loop, 'dataloader', None)
+        if isinstance(loader, DataLoader):
+            iterators.append(getattr(loader, '_iterator', None))
+            loader._iterator = None
+        wrapped = getattr(loop, 'dataloader_iterator', None)  # IterBasedTrainLoop's own
+        iterators.append(getattr(wrapped, '_iterator', None))
+    for iterator in iterators:
+        shutdown = getattr(iterator, '_shutdown_workers', None)
+        if shutdown is not None:
+            shutdown()
+
+
+def _destroy_process_group(ok: bool) -> None:
+    import torch.distributed as dist
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if ok:
+        dist.barrier()
+    dist.destroy_process_group()

@@ -88,6 +88,12 @@ def test_multiclass_heads_on_real_camvid(tmp_path, mode, losses):
     assert 0 <= metric(log, 'mIoU') <= 100
 
 
+def _teardown_abort(returncode: int, log: str) -> bool:
+    """Whether a rank died of SIGABRT (torchrun reports it; a bare rank exits -6/134)."""
+    return returncode in (-6, 134) or 'SIGABRT' in log or \
+        'terminate called without an active exception' in log
+
+
 @pytest.mark.slow
 def test_dist_train_and_test_scripts_with_two_cpu_processes(tmp_path, binary_dataset):
     import os
@@ -98,13 +104,24 @@ def test_dist_train_and_test_scripts_with_two_cpu_processes(tmp_path, binary_dat
         sock.bind(('127.0.0.1', 0))
         port = sock.getsockname()[1]
     env = dict(os.environ, OMP_NUM_THREADS='1', PORT=str(port), PYTHON=sys.executable)
-    for cmd in (['bash', 'tools/dist_train.sh', cfg, '2', '--work-dir', work],
-                ['bash', 'tools/dist_test.sh', cfg, osp.join(work, 'iter_4.pth'), '2',
-                 '--work-dir', work]):
+    ckpt = osp.join(work, 'iter_4.pth')
+    # Each command with what shows that its work was done (final checkpoint, metrics).
+    for cmd, done in ((['bash', 'tools/dist_train.sh', cfg, '2', '--work-dir', work],
+                       lambda log: 'Saving checkpoint at 4 iterations' in log
+                       and osp.isfile(ckpt)),
+                      (['bash', 'tools/dist_test.sh', cfg, ckpt, '2', '--work-dir', work],
+                       lambda log: re.search(r'\bDice: [\d.]+', log) is not None)):
         proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True,
                               timeout=600)
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    log = proc.stdout + proc.stderr
+        log = proc.stdout + proc.stderr
+        if proc.returncode != 0 and done(log) and _teardown_abort(proc.returncode, log):
+            # Issue 15: once seen in CI after a good run. Still a failure, but named as
+            # what it is (see mmseg_naslora.utils.cli.DistributedSession).
+            pytest.fail(f'{cmd[1]} finished its work (final checkpoint/metrics written) but a '
+                        'rank aborted at teardown (SIGABRT, "terminate called without an '
+                        'active exception"): a process-group or worker thread outlived main.\n'
+                        + log[-3000:], pytrace=False)
+        assert proc.returncode == 0, log[-6000:]
     assert 'Distributed launcher: pytorch' in log and 'Distributed training: True' in log
     # Sharded evaluation over 2 ranks reports what one process reports on the same data.
     single = run_tool('tools/test.py', cfg, osp.join(work, 'iter_4.pth'), '--work-dir', work)

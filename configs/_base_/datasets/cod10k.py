@@ -6,6 +6,7 @@ crop_size = (1024, 1024)
 train_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='LoadAnnotations'),
+    dict(type='CheckSegSample'),  # every sample: EXIF, mask size, channels, values
     dict(type='RandomResize', scale=crop_size, ratio_range=(0.75, 1.5), keep_ratio=True),
     dict(type='RandomCrop', crop_size=crop_size, cat_max_ratio=0.95),
     dict(type='RandomFlip', prob=0.5),
@@ -16,6 +17,7 @@ test_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='Resize', scale=crop_size, keep_ratio=True),
     dict(type='LoadAnnotations'),
+    dict(type='CheckSegSample'),  # every sample: EXIF, mask size, channels, values
     dict(type='PackSegInputs'),
 ]
 train_dataloader = dict(
@@ -45,3 +47,17 @@ val_evaluator = [
     dict(type='ForegroundIoUMetric', iou_metrics=['mIoU', 'mDice'], convention='autogluon'),
 ]
 test_evaluator = val_evaluator
+# `tools/test.py --tta`: mmseg's SegTTAModel averages the probabilities of the
+# flipped views (flipped back first). Horizontal flips only: photos have an up.
+# One scale: SAM's ViT runs at the fixed input size of the data preprocessor,
+# so other scales would only be padded or not fit.
+# Derived from test_pipeline, so both load, resize and check alike: its resize,
+# then the flips, then the rest (annotations after the flips stay unflipped).
+# tta_model (SegTTAModel) comes from default_runtime.py.
+tta_pipeline = [
+    test_pipeline[0],
+    dict(type='TestTimeAug', transforms=(
+        [[t] for t in test_pipeline[1:] if t['type'] == 'Resize']
+        + [[dict(type='RandomFlip', prob=0.),
+            dict(type='RandomFlip', prob=1., direction='horizontal')]]
+        + [[t] for t in test_pipeline[1:] if t['type'] != 'Resize']))]

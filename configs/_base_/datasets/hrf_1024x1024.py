@@ -7,6 +7,7 @@ crop_size = (1024, 1024)
 train_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='LoadAnnotations'),
+    dict(type='CheckSegSample'),  # every sample: EXIF, mask size, channels, values
     dict(type='RandomResize', scale=crop_size, ratio_range=(0.8, 1.25), keep_ratio=True),
     dict(type='RandomCrop', crop_size=crop_size),
     dict(type='RandomFlip', prob=[0.25, 0.25], direction=['horizontal', 'vertical']),
@@ -18,6 +19,7 @@ test_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='Resize', scale=crop_size, keep_ratio=True),
     dict(type='LoadAnnotations'),
+    dict(type='CheckSegSample'),  # every sample: EXIF, mask size, channels, values
     dict(type='PackSegInputs'),
 ]
 # mmseg's base wraps the training set in a RepeatDataset.
@@ -30,3 +32,18 @@ val_evaluator = [
     dict(type='AUCMetric', convention='sam2lora', num_bins=10000),
 ]
 test_evaluator = val_evaluator
+# `tools/test.py --tta`: mmseg's SegTTAModel averages the probabilities of the
+# flipped views (flipped back first). Both flips: these images have no canonical
+# orientation. One scale: SAM's ViT runs at the fixed input size of the data
+# preprocessor, so other scales would only be padded or not fit.
+# Derived from test_pipeline, so both load, resize and check alike: its resize,
+# then the flips, then the rest (annotations after the flips stay unflipped).
+# tta_model (SegTTAModel) comes from default_runtime.py.
+tta_pipeline = [
+    test_pipeline[0],
+    dict(type='TestTimeAug', transforms=(
+        [[t] for t in test_pipeline[1:] if t['type'] == 'Resize']
+        + [[dict(type='RandomFlip', prob=0.),
+            dict(type='RandomFlip', prob=1., direction='horizontal'),
+            dict(type='RandomFlip', prob=1., direction='vertical')]]
+        + [[t] for t in test_pipeline[1:] if t['type'] != 'Resize']))]

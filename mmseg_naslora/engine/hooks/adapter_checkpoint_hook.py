@@ -1,7 +1,8 @@
 """Adapter-only checkpoint files and adapter-config checks on loading."""
 import logging
 import os.path as osp
-from typing import Dict, Optional
+import re
+from typing import Dict, List, Mapping, Optional
 
 import torch
 from mmengine.hooks import Hook
@@ -9,8 +10,74 @@ from mmengine.logging import print_log
 from mmseg.registry import HOOKS
 
 from ...models.utils.adapter_io import (adapter_state_dict, describe_model,
-                                        load_adapters, save_adapters)
+                                        description_diff, load_adapter_file, save_adapters)
 from ...utils.model import unwrap_model
+
+
+def _segmentor(runner):
+    """The segmentor of ``runner`` (inside a DDP wrapper or a ``SegTTAModel`` too)."""
+    model = unwrap_model(runner.model)
+    if not hasattr(model, 'backbone') and hasattr(model, 'module'):
+        model = model.module
+    return model
+
+
+def adapter_file_checkpoint(runner, path: str, strict: Optional[bool] = None) -> dict:
+    """Load the adapter file ``path`` into ``runner``'s model; a complete checkpoint.
+
+    Base SAM weights first (if the model was not initialised), then the
+    checks against the config and the adapter tensors
+    (:func:`~mmseg_naslora.models.utils.adapter_io.load_adapter_file`). The
+    returned ``state_dict`` is the whole model's, so mmengine's own load that
+    follows changes nothing and reports no missing key.
+
+    Args:
+        runner: The mmengine runner loading ``path`` (``load_from``).
+        path (str): The adapter file.
+        strict (bool, optional): None takes the ``strict`` of the runner's
+            :class:`AdapterCheckpointHook`, True without one.
+
+    Raises:
+        ValueError: ``--resume`` with an adapter file (it has no optimizer
+            state or iteration), or a file that does not match the config.
+    """
+    if getattr(runner, '_resume', False):
+        raise ValueError(
+            f'cannot resume from the adapter file {path!r}: it holds weights only '
+            '(no optimizer, scheduler or iteration). Use load_from (or tools/test.py) '
+            'for adapter files, and --resume with a .pth training checkpoint.')
+    if strict is None:
+        hooks = [h for h in getattr(runner, 'hooks', []) if isinstance(h, AdapterCheckpointHook)]
+        strict = hooks[0].strict if hooks else True
+    model = _segmentor(runner)
+    metadata = load_adapter_file(model, path, runner.cfg.model, strict=strict)
+    print_log(f'AdapterCheckpointHook: loaded adapters from {path} onto the base '
+              'weights of the config', logger='current')
+    # mmengine loads into the unwrapped runner.model (SegTTAModel included).
+    state = unwrap_model(runner.model).state_dict()
+    return dict(state_dict=state,
+                meta=dict(adapter_file=path, adapter_metadata=metadata, adapters_loaded=True,
+                          adapter_cfg=describe_model(runner.cfg.model)))
+
+
+def _likely_cause(missing: List[str], loaded: Mapping) -> str:
+    """Why a checkpoint lacks model weights, from the keys it does have."""
+    if any(k.startswith(('image_encoder.', 'mask_decoder.', 'prompt_encoder.'))
+           for k in loaded):
+        return ('it is an official-format SAM file (image_encoder.*/mask_decoder.* '
+                'keys), not a trained checkpoint: the config\'s checkpoint= already '
+                'names the base SAM; pass the run\'s iter_N.pth or adapters.safetensors')
+    swapped = [k for k in missing
+               if re.sub(r'\.base_layer\.', '.', k) in loaded
+               or k.replace('.qkv.', '.qkv.base_layer.') in loaded]
+    if swapped:
+        return ('adapted blocks store their frozen qkv as qkv.base_layer, and the '
+                f'checkpoint has it for other blocks ({swapped[0]}): the config\'s '
+                'adapter_blocks (or adapter) differ from the training config\'s; test '
+                'with the config the checkpoint was trained with')
+    return ('the checkpoint was written by another model config (head, adapter_blocks, '
+            'adapter) or is not a training checkpoint; test with the config it was '
+            'trained with')
 
 
 @HOOKS.register_module()
@@ -27,18 +94,25 @@ class AdapterCheckpointHook(Hook):
     Loading (``after_load_checkpoint``):
 
     - ``load_from='adapters.safetensors'`` (``tools/test.py CONFIG FILE``):
-      the base SAM weights named by the config are loaded first if the model
-      was not initialised (test/val), then the file is checked against the
-      config (backbone, arch, adapter, base sha256) and loaded.
+      the checkpoint loader itself loads the file with
+      :func:`adapter_file_checkpoint` (base SAM weights of the config first
+      if the model was not initialised, then the checks against the config
+      and the tensors), so a stock runner without this hook loads it the
+      same way; this hook only supplies ``strict``.
     - a ``.pth`` checkpoint (``--resume``, ``load_from``) whose stamped
-      adapter config differs from the config's is refused: its tensors
-      would not fit, or would silently be dropped.
+      adapter config differs in meaning from the config's is refused: its
+      tensors would not fit, or would silently be dropped.
+    - at test/val time (the model was never initialised), a checkpoint that
+      lacks weights of the model is refused, naming the keys and the likely
+      cause (the SAM file instead of a trained checkpoint, another
+      ``adapter_blocks``): they would be evaluated with random values.
 
     Args:
         filename (str): Adapter file name in ``work_dir``. Defaults to
             ``'adapters.safetensors'``.
         strict (bool): Refuse mismatches (base hash, arch, adapter config,
-            missing tensors); False turns them into warnings. Defaults to True.
+            missing tensors, weights missing at test time); False turns them
+            into warnings. Defaults to True.
         save (bool): Write the adapter file. Defaults to True.
     """
 
@@ -59,10 +133,7 @@ class AdapterCheckpointHook(Hook):
 
     def _model(self, runner):
         """The segmentor itself (inside a ``SegTTAModel`` too)."""
-        model = self._target(runner)
-        if not hasattr(model, 'backbone') and hasattr(model, 'module'):
-            model = model.module
-        return model
+        return _segmentor(runner)
 
     # Saving ---------------------------------------------------------------
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
@@ -98,16 +169,23 @@ class AdapterCheckpointHook(Hook):
     # Loading --------------------------------------------------------------
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
         meta = checkpoint.get('meta') or {}
+        if meta.get('adapters_loaded'):
+            return  # the checkpoint loader already loaded the file (adapter_file_checkpoint)
         if 'adapter_file' in meta:
-            self._load_adapter_file(runner, checkpoint, meta['adapter_file'])
+            checkpoint.update(adapter_file_checkpoint(runner, meta['adapter_file'],
+                                                      self.strict))
             return
-        stamped = meta.get('adapter_cfg')
+        self._check_stamped_config(runner, meta.get('adapter_cfg'))
+        self._check_complete(runner, checkpoint)
+
+    def _check_stamped_config(self, runner, stamped: Optional[Mapping]) -> None:
+        """Refuse a checkpoint stamped with another adapter/backbone config."""
         if stamped is None:
             return
         own = describe_model(runner.cfg.model)
         diff = [f'model.backbone.{k if k != "backbone" else "type"}: checkpoint has '
                 f'{stamped.get(k)}, config has {own[k]}'
-                for k in own if stamped.get(k) != own[k]]
+                for k in description_diff(stamped, own)]
         if not diff:
             return
         action = 'resume from' if getattr(runner, '_resume', False) else 'load'
@@ -121,23 +199,32 @@ class AdapterCheckpointHook(Hook):
             raise ValueError(msg)
         print_log(msg, logger='current', level=logging.WARNING)
 
-    def _load_adapter_file(self, runner, checkpoint: dict, path: str) -> None:
-        if getattr(runner, '_resume', False):
-            raise ValueError(
-                f'cannot resume from the adapter file {path!r}: it holds weights only '
-                '(no optimizer, scheduler or iteration). Use load_from (or tools/test.py) '
-                'for adapter files, and --resume with a .pth training checkpoint.')
-        target, model = self._target(runner), self._model(runner)
-        if not getattr(model, 'is_init', False):
-            # test/val never call init_weights: load the base SAM weights first.
-            model.init_weights()
-        model_cfg = runner.cfg.model
-        if 'backbone' not in model_cfg and 'module' in model_cfg:  # SegTTAModel
-            model_cfg = model_cfg['module']
-        load_adapters(model, path, model_cfg, strict=self.strict)
-        print_log(f'AdapterCheckpointHook: loaded adapters from {path} onto the base '
-                  'weights of the config', logger='current')
-        # The model is complete now; hand mmengine a full, matching state dict.
-        checkpoint['state_dict'] = target.state_dict()
-        checkpoint['meta'] = dict(checkpoint['meta'],
-                                  adapter_cfg=describe_model(runner.cfg.model))
+    def _check_complete(self, runner, checkpoint: dict) -> None:
+        """Refuse a checkpoint that leaves weights of an uninitialised model random.
+
+        At test/val time ``init_weights`` never runs, so every model weight
+        the checkpoint lacks keeps its random initial value and the
+        evaluation scores a partly random model (e.g. the SAM file passed
+        instead of a trained checkpoint, or another ``adapter_blocks``, which
+        moves a frozen qkv weight to ``qkv.base_layer``). In training the
+        missing weights come from the base checkpoints, so this is skipped.
+        """
+        model = self._model(runner)
+        if getattr(model, 'is_init', False):
+            return
+        loaded = {re.sub(r'^module\.', '', k): v
+                  for k, v in (checkpoint.get('state_dict') or checkpoint).items()}
+        missing = sorted(k for k in model.state_dict()
+                         if k not in loaded and not k.endswith('num_batches_tracked'))
+        if not missing:
+            return
+        source = getattr(runner, '_load_from', None) or 'the checkpoint'
+        msg = (f'{source} lacks {len(missing)} weight(s) of the model, which would be '
+               f'evaluated with random values: {", ".join(missing[:6])}'
+               + (f' and {len(missing) - 6} more' if len(missing) > 6 else '')
+               + '.\nlikely cause: '
+               + _likely_cause(missing, loaded) + '.')
+        if self.strict:
+            raise ValueError(msg)
+        print_log(msg + ' (strict=False: evaluating anyway)', logger='current',
+                  level=logging.WARNING)

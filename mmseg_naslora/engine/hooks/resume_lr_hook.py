@@ -8,6 +8,8 @@ from mmengine.logging import print_log
 from mmengine.optim import OptimWrapperDict
 from mmseg.registry import HOOKS
 
+from ..resume_check import META_KEY, check_resume_fits, optimizer_param_names
+
 
 @HOOKS.register_module()
 class ResumeLrHook(Hook):
@@ -30,13 +32,30 @@ class ResumeLrHook(Hook):
 
     Turn it off (keep the checkpoint's lr) with
     ``default_hooks = dict(resume_lr=None)``.
+
+    It also refuses, before mmengine's raw ``parameter group that doesn't
+    match the size of optimizer's group``, a resume whose optimizer state was
+    saved for other trainable parameters (a changed ``adapter_blocks``...),
+    naming the parameters that differ
+    (:func:`~mmseg_naslora.engine.resume_check.check_resume_fits`); for that
+    every checkpoint's ``meta`` gets the parameter names of each optimizer
+    group (``optimizer_param_names``).
     """
 
     priority = 'NORMAL'
 
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        wrapper = getattr(runner, 'optim_wrapper', None)
+        if wrapper is not None and not isinstance(wrapper, dict):
+            checkpoint.setdefault('meta', {})[META_KEY] = optimizer_param_names(
+                runner.model, wrapper)
+
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
         if not getattr(runner, '_resume', False) or 'optimizer' not in checkpoint:
             return
+        if not self._adapter_cfg_changed(runner, checkpoint):
+            # A changed adapter type/rank/arch is AdapterCheckpointHook's to report.
+            check_resume_fits(runner, checkpoint, getattr(runner, '_load_from', None))
         wrapper = getattr(runner, 'optim_wrapper', None)
         if isinstance(wrapper, OptimWrapperDict):
             pairs = [(name, w, checkpoint['optimizer'].get(name))
@@ -55,6 +74,15 @@ class ResumeLrHook(Hook):
                 states = schedulers if name is None else []
             self._apply(name, fresh.optimizer.param_groups, saved['param_groups'],
                         states or [])
+
+    @staticmethod
+    def _adapter_cfg_changed(runner, checkpoint: dict) -> bool:
+        stamped = (checkpoint.get('meta') or {}).get('adapter_cfg')
+        if stamped is None:
+            return False
+        from ...models.utils.adapter_io import describe_model
+        own = describe_model(runner.cfg.model)
+        return any(stamped.get(k) != v for k, v in own.items())
 
     @staticmethod
     def _apply(name, fresh_groups: List[dict], saved_groups: List[dict],

@@ -1,11 +1,13 @@
 """Configuration and data checks before the first iteration."""
+import logging
 from typing import Iterator, Optional
 
 from mmengine.dataset import ConcatDataset, RepeatDataset
 from mmengine.hooks import Hook
+from mmengine.logging import print_log
 from mmseg.registry import HOOKS
 
-from ...datasets.sample_check import check_samples
+from ...datasets.sample_check import check_samples, configure_sample_checks
 from ...utils.model import unwrap_model
 
 
@@ -32,8 +34,15 @@ class StartupCheckHook(Hook):
     - the decode head's ``num_classes`` equals the number of classes of
       every dataset (``dataset.metainfo['classes']``);
     - ``num_samples`` images and masks of each dataset decode, have the same
-      size and hold only valid class indices or ``ignore_index``
-      (:func:`~mmseg_naslora.datasets.sample_check.check_samples`).
+      size, carry no EXIF rotation and hold only valid class indices or
+      ``ignore_index``
+      (:func:`~mmseg_naslora.datasets.sample_check.check_samples`); every
+      ``CheckSegSample`` transform of the pipelines learns the dataset's
+      classes and ``ignore_index``, so each later sample is checked when it
+      is loaded;
+    - Conv-LoRA adapters under a segmentor that drops their gate's balance
+      loss (a plain ``EncoderDecoder``) get a warning naming
+      ``AdapterEncoderDecoder``.
 
     Args:
         num_samples (int): Samples read per dataset; 0 skips the file checks.
@@ -52,6 +61,7 @@ class StartupCheckHook(Hook):
 
     def before_train(self, runner) -> None:
         self._check_input_size(runner)
+        self._check_aux_losses(runner)
         self._check_data(runner, runner.train_dataloader.dataset, 'train_dataloader')
         # Validation data too: a bad val file would otherwise fail only after
         # the first checkpoints are written.
@@ -83,6 +93,21 @@ class StartupCheckHook(Hook):
                 'data_preprocessor.size) to multiples of 16, e.g. (1024, 1024) or '
                 '(352, 480).')
 
+    def _check_aux_losses(self, runner) -> None:
+        """Warn when Conv-LoRA's balance loss would be dropped by the segmentor."""
+        from ...models.adapters.conv_lora import ConvLoRA
+        from ...models.segmentors.adapter_encoder_decoder import AdapterEncoderDecoder
+        model = self._model(runner)
+        if isinstance(model, AdapterEncoderDecoder) or \
+                not any(isinstance(m, ConvLoRA) for m in model.modules()):
+            return
+        print_log(
+            f'StartupCheckHook: the backbone has ConvLoRA adapters but the segmentor is '
+            f'{type(model).__name__}, which never adds their gate\'s balance loss '
+            "(loss_moe), so the expert gate gets no training signal. Use model=dict("
+            "type='AdapterEncoderDecoder', ...) (as configs/_base_/models/"
+            'sam_vit-b_convlora.py does).', logger='current', level=logging.WARNING)
+
     @staticmethod
     def _crop_size(loader_cfg) -> Optional[tuple]:
         dataset = (loader_cfg or {}).get('dataset') or {}
@@ -110,4 +135,5 @@ class StartupCheckHook(Hook):
                     'classes=...) to the dataset.')
             if self.num_samples > 0 and hasattr(leaf, 'get_data_info'):
                 check_samples(leaf, self.num_samples)
+            configure_sample_checks(leaf)
             self._checked.add(id(leaf))

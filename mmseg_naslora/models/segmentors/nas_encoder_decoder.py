@@ -1,11 +1,14 @@
 """An encoder-decoder whose training step also trains the architecture weights α."""
 import contextlib
+import logging
+import math
 from collections import OrderedDict
 from typing import (Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence,
                     Tuple, Union)
 
 import torch
 import torch.nn as nn
+from mmengine.logging import print_log
 from mmengine.optim import AmpOptimWrapper, OptimWrapper, OptimWrapperDict
 from mmseg.registry import MODELS
 
@@ -71,8 +74,12 @@ class NASEncoderDecoder(AdapterEncoderDecoder):
             ``'split'`` (α gets the first ``alpha_split`` of each batch).
             Defaults to ``'same'``.
         alpha_split (float): Fraction of each batch given to α with
-            ``alpha_data='split'``; at least one sample goes to each step.
-            Defaults to 0.5.
+            ``alpha_data='split'``, rounded half down (ties go to the
+            weights); at least one sample goes to each step. A short batch
+            (the last of an epoch) splits by the same rule; a batch of one
+            sample trains the weights only (no α step that iteration).
+            ``train_dataloader.batch_size`` must be at least 2, which the
+            first training iteration checks. Defaults to 0.5.
         search_step (str, optional): ``'joint'`` or ``'alternate'``. None
             picks ``'joint'`` for ``alpha_data='same'`` and ``'alternate'``
             for ``'split'``. Defaults to None.
@@ -111,6 +118,9 @@ class NASEncoderDecoder(AdapterEncoderDecoder):
         self.alpha_split = float(alpha_split)
         self.search_step = search_step
         self.nas_stage = nas_stage
+        # The batch size is checked once, on the first training batch (before
+        # the warm-up spends any time), not only at the first α step.
+        self._split_checked = False
 
     # The plan ----------------------------------------------------------------
     @property
@@ -168,8 +178,21 @@ class NASEncoderDecoder(AdapterEncoderDecoder):
             # half-accumulated (with accumulative_counts > 1).
             for param in alpha:
                 param.grad = None
+        if self.alpha_data == 'split' and not self._split_checked:
+            self._check_split_batch_size(data)
         weight_data = data
         alpha_log: Dict[str, torch.Tensor] = OrderedDict()
+        if step_alpha and self.alpha_data == 'split' and _batch_len(data) < 2:
+            # A 1-sample batch (a short last batch of an epoch) cannot be split.
+            # Using it for both steps would give α the weights' own sample,
+            # breaking the held-out rule, so α skips this one iteration (as on
+            # the iterations alpha_interval skips) and the weights train on it.
+            # DefaultSampler pads every rank to the same length, so all DDP
+            # ranks skip together.
+            print_log("alpha_data='split': a batch of 1 sample cannot be split; the weights "
+                      'train on it and α skips this iteration.', logger='current',
+                      level=logging.DEBUG)
+            step_alpha = False
         if step_alpha:
             alpha_data = data
             if self.alpha_data == 'split':
@@ -234,21 +257,51 @@ class NASEncoderDecoder(AdapterEncoderDecoder):
                     "top level of optim_wrapper or use search_step='alternate'.")
         return weights_ow, alpha_ow
 
-    def _split_batch(self, data: Union[dict, tuple, list]) -> Tuple[dict, dict]:
-        """``(alpha_part, weights_part)`` of a collated batch."""
-        if not isinstance(data, dict) or 'inputs' not in data:
-            raise TypeError("alpha_data='split' expects batches as dict(inputs=..., "
-                            f'data_samples=...), got {type(data).__name__}.')
-        num = len(data['inputs'])
+    def _check_split_batch_size(self, data: Union[dict, tuple, list]) -> None:
+        """Refuse ``alpha_data='split'`` with batches of one sample, at the first batch.
+
+        The first batch of a run holds ``train_dataloader.batch_size``
+        samples (fewer only when the dataset is smaller), so this is the
+        start-up check of the batch size: it fails before the warm-up
+        instead of at the first α step, T_B later.
+        """
+        num = _batch_len(data)
         if num < 2:
             raise ValueError(
-                f"alpha_data='split' needs at least 2 samples per batch (per GPU), got {num}; "
-                "raise train_dataloader.batch_size or use alpha_data='same'.")
-        cut = min(max(int(round(self.alpha_split * num)), 1), num - 1)
+                f"alpha_data='split' splits each batch between α and the weights, so it needs "
+                f'at least 2 samples per batch (per GPU), but the first training batch holds '
+                f'{num}; set train_dataloader.batch_size=2 or more (and give the train set at '
+                "least 2 samples), or use model.alpha_data='same'.")
+        self._split_checked = True
+
+    def _split_batch(self, data: Union[dict, tuple, list]) -> Tuple[dict, dict]:
+        """``(alpha_part, weights_part)`` of a collated batch of 2 or more samples.
+
+        α gets ``alpha_split * num`` samples rounded half down (so the
+        weights get the larger half of an odd batch with the default 0.5,
+        e.g. a short last batch of 3 gives 1 to α and 2 to the weights), and
+        at least one sample goes to each part.
+        """
+        num = _batch_len(data)
+        if num < 2:
+            raise ValueError(
+                f"alpha_data='split' cannot split a batch of {num} sample(s) (train_step skips "
+                'the α step for such batches).')
+        # Round half down: math.ceil(x - 0.5), not round()'s banker's rounding,
+        # so odd batches split the same way whatever their size.
+        cut = min(max(math.ceil(self.alpha_split * num - 0.5), 1), num - 1)
         batched = ('inputs', 'data_samples')
         alpha_part = {k: (v[:cut] if k in batched else v) for k, v in data.items()}
         weight_part = {k: (v[cut:] if k in batched else v) for k, v in data.items()}
         return alpha_part, weight_part
+
+
+def _batch_len(data: Union[dict, tuple, list]) -> int:
+    """Samples in a collated ``dict(inputs=..., data_samples=...)`` batch."""
+    if not isinstance(data, dict) or 'inputs' not in data:
+        raise TypeError("alpha_data='split' expects batches as dict(inputs=..., "
+                        f'data_samples=...), got {type(data).__name__}.')
+    return len(data['inputs'])
 
 
 def _step_together(wrappers: Sequence[OptimWrapper]) -> None:

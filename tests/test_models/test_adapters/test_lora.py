@@ -131,3 +131,23 @@ def test_flat_tokens_need_a_grid():
         adapter(torch.randn(1, 10, 8))
     adapter.grid_size = (2, 5)
     assert adapter(torch.randn(1, 10, 8)).shape == (1, 10, 24)
+
+
+@pytest.mark.parametrize('kwargs,match', [
+    (dict(alpha=0), 'alpha must be a finite non-zero number'),
+    (dict(alpha=float('nan')), 'alpha must be a finite non-zero number'),
+    (dict(dropout=-0.1), r'dropout must be in \[0, 1\)'),
+    (dict(dropout=1.0), r'dropout must be in \[0, 1\)'),
+])
+def test_lora_arguments_that_cannot_train_are_refused(kwargs, match):
+    """alpha=0 scales the update and its gradients to zero: the adapter never trains."""
+    with pytest.raises(ValueError, match=match):
+        LoRA(nn.Linear(4, 12), **kwargs)
+    with pytest.raises(ValueError, match=match):  # through the config route too
+        inject_adapters(Blocks(), dict(type='LoRA', **kwargs), target=r'\.qkv$')
+
+
+def test_empty_adapter_blocks_says_the_list_is_empty():
+    with pytest.raises(ValueError, match=r'adapter_blocks=\[\] is an empty list') as info:
+        inject_adapters(Blocks(), dict(type='LoRA'), target=r'\.qkv$', blocks=[])
+    assert 'target' not in str(info.value)  # the old message blamed the regex

@@ -308,9 +308,67 @@ def test_split_batch_gives_alpha_a_held_out_part():
     seen.clear()
     model.train_step(make_batch(num=4), ow)
     assert seen == [4]  # no α step: the weights get the whole batch
-    model.set_step_plan('search', True)
-    with pytest.raises(ValueError, match='at least 2 samples'):
+
+
+def record_forwards(model) -> list:
+    """Batch sizes of the model's forwards, in order."""
+    seen = []
+    forward = model._run_forward
+
+    def record(data, mode):
+        seen.append(len(data['data_samples']))
+        return forward(data, mode)
+
+    model._run_forward = record
+    return seen
+
+
+def test_split_batch_size_is_checked_at_the_first_batch():
+    # Issue 15: batch 1 used to pass the whole warm-up and fail only at the first α step.
+    model = build_model(alpha_data='split')
+    ow = build_optim_wrapper(model, NAS_OPTIM)
+    model.set_step_plan('warmup', False)
+    with pytest.raises(ValueError, match=r'first training batch holds 1; set '
+                       r'train_dataloader\.batch_size=2 or more'):
         model.train_step(make_batch(num=1), ow)
+    # 'same' trains on batches of one as before.
+    same = build_model(alpha_data='same')
+    same.set_step_plan('warmup', False)
+    same.train_step(make_batch(num=1), build_optim_wrapper(same, NAS_OPTIM))
+
+
+def test_split_handles_the_short_last_batch_of_an_epoch():
+    # Issue 15: a dataset of 2k+1 samples at batch 2 ended each epoch with a batch of 1,
+    # which crashed the first search epoch with advice to raise a batch size of 2.
+    model = build_model(alpha_data='split')
+    ow = build_optim_wrapper(model, NAS_OPTIM)
+    spy = StepSpy(model, ow)
+    seen = record_forwards(model)
+    model.set_step_plan('search', True)
+    model.train_step(make_batch(num=2), ow)
+    assert seen == [1, 1] and spy.count('alpha') == 1
+    seen.clear()
+    model.train_step(make_batch(num=3, seed=1), ow)  # odd: the weights get the larger half
+    assert seen == [1, 2] and spy.count('alpha') == 2
+    seen.clear()
+    alpha0 = [p.detach().clone() for p in alpha_params(model)]
+    log = model.train_step(make_batch(num=1, seed=2), ow)  # the short last batch
+    assert seen == [1]  # the weights train on it; α skips this iteration
+    assert spy.count('alpha') == 2 and spy.count('weights') == 3
+    assert all(torch.equal(a, p) for a, p in zip(alpha0, alpha_params(model)))
+    assert not any(k.startswith('alpha.') for k in log)
+    seen.clear()
+    model.train_step(make_batch(num=2, seed=3), ow)  # the next epoch searches again
+    assert seen == [1, 1] and spy.count('alpha') == 3
+
+
+@pytest.mark.parametrize('num,split,cut', [(2, .5, 1), (3, .5, 1), (5, .5, 2), (4, .25, 1),
+                                           (3, .9, 2), (7, .1, 1)])
+def test_split_sizes_round_half_down(num, split, cut):
+    model = build_model(alpha_data='split', alpha_split=split)
+    alpha_part, weight_part = model._split_batch(make_batch(num=num))
+    assert len(alpha_part['inputs']) == len(alpha_part['data_samples']) == cut
+    assert len(weight_part['inputs']) == num - cut
 
 
 def test_alpha_free_model_with_plain_wrapper():
