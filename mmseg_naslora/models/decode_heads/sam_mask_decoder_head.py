@@ -107,7 +107,7 @@ class SAMMaskDecoderHead(BaseDecodeHead):
                  mode: str = 'set',
                  num_mask_tokens: Optional[int] = None,
                  set_loss: dict = dict(type='MaskSetLoss'),
-                 token_noise: float = 1.0,
+                 token_noise: float = 30.,
                  checkpoint: Optional[str] = None,
                  num_multimask_outputs: int = 3,
                  transformer_depth: int = 2,

@@ -39,9 +39,11 @@ class SAMMaskSetHead(SAMMaskDecoderHead):
             relative to the standard deviation of SAM's first mask token, to
             break their symmetry. SAM's first decoder layer replaces the
             queries by their self-attention output (no residual), which
-            averages near-identical queries into one: at 0.1 the class logits
-            of the queries differ by 0.2 % of their spread over the classes,
-            and the head stays at the class prior. Defaults to 1.0.
+            averages near-identical queries into one; the head then predicts
+            one class everywhere. 30 makes the queries about as spread as
+            Mask2Former's ``N(0, 1)`` query embeddings; with a pretrained
+            decoder 1 was too little (measured in docs/datasets.md, "CamVid
+            with LiteMedSAM"). Defaults to 30.
         mode (str): Must be ``'set'`` (accepted for the old spelling).
         **kwargs: :class:`SAMMaskDecoderHead` arguments (``checkpoint``,
             ``embed_stride``, ``ignore_index``, the decoder sizes...).
@@ -53,7 +55,7 @@ class SAMMaskSetHead(SAMMaskDecoderHead):
                  num_classes: int,
                  num_mask_tokens: Optional[int] = None,
                  set_loss: dict = dict(type='MaskSetLoss'),
-                 token_noise: float = 1.0,
+                 token_noise: float = 30.,
                  mode: str = 'set',
                  **kwargs) -> None:
         if mode != 'set':

@@ -52,8 +52,9 @@ def test_class_tokens_start_from_sams_first_mask_token(official_sam, mode):
     tokens = h.class_tokens.weight
     if mode == 'per_class':
         assert all(torch.equal(t, first) for t in tokens)
-    else:  # symmetry-breaking noise of about the token's own standard deviation
-        scale = first.std() * first.numel()**0.5
+    else:  # symmetry-breaking noise of token_noise times the token's standard deviation
+        assert h.token_noise == 30.
+        scale = h.token_noise * first.std() * first.numel()**0.5
         assert 0.6 * scale < (tokens - first).norm(dim=1).mean() < 1.4 * scale
         assert not torch.equal(tokens[0], tokens[1])
     assert not h.mask_decoder.mask_tokens.weight.requires_grad
