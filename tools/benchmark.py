@@ -413,17 +413,30 @@ def measure(args: argparse.Namespace, method: str) -> dict:
                             args.device if args.amp else None)
     output = infer()
     row['infer_ms'], row['infer_vs_frozen'] = _infer_times(infer, reference, args)
+    # FLOPs are exact where the timing is noisy: the cost an export leaves, to the frozen model's.
+    frozen_flops = _flops(reference or infer)
+    row['infer_flops_vs_frozen'] = _flops(infer) / frozen_flops
     if method == 'frozen':
         row['infer_vs_frozen'] = 1.0
     mode = spec.get('export')
     row['export_mode'] = None if mode is None else (f'topk{args.topk}' if mode == 'topk'
                                                     else mode)
     row['infer_export_ms'] = row['export_max_abs_diff'] = row['export_vs_frozen'] = None
+    row['export_flops_vs_frozen'] = None
     if mode is not None:
         export_adapters(model, mode, topk=args.topk if mode == 'topk' else None)
         row['export_max_abs_diff'] = (infer() - output).abs().max().item()
         row['infer_export_ms'], row['export_vs_frozen'] = _infer_times(infer, reference, args)
+        row['export_flops_vs_frozen'] = _flops(infer) / frozen_flops
     return row
+
+
+def _flops(infer: Callable) -> float:
+    """FLOPs of one inference (matmuls, convolutions, attention; not element-wise ops)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    with FlopCounterMode(display=False) as counter:
+        infer()
+    return counter.get_total_flops()
 
 
 def _measure_training(args: argparse.Namespace, model: torch.nn.Module, wrapper,
@@ -586,7 +599,8 @@ def markdown(result: dict) -> str:
            else '.'),
         '',
         '| method | backbone | trainable params | ratio | train step ms | ratio | '
-        'peak train MB | ratio | infer ms (× frozen) | exported ms (× frozen; mode, max diff) | '
+        'peak train MB | ratio | infer ms (× frozen) | exported ms (× frozen; FLOPs × frozen; '
+        'mode, max diff) | '
         'GFLOP/step | '
         'GFLOP/s (% peak) |',
         '|---|---|---|---|---|---|---|---|---|---|---|---|',
@@ -602,6 +616,7 @@ def markdown(result: dict) -> str:
             f"({100 * row['achieved_flops'] / meta['matmul_peak_flops']:.0f}%)")
         export = '—' if row['export_mode'] is None else (
             f"{row['infer_export_ms']:.1f} ({_fmt(row['export_vs_frozen'], '.2f')}; "
+            f"FLOPs {_fmt(row.get('export_flops_vs_frozen'), '.4f')}; "
             f"{row['export_mode']}, {row['export_max_abs_diff']:.1e})")
         lines.append(
             f"| {row['label']} | {row['backbone']} | {params} | "

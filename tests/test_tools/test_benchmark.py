@@ -110,7 +110,7 @@ def test_bad_arch_is_refused():
 
 def test_infer_only_times_inference_and_export_alone(tmp_path):
     out = tmp_path / 'infer.json'
-    proc = run_tool('--quick', '--infer-only', '--methods', 'frozen', 'nas_lora_linbn_s2',
+    proc = run_tool('--quick', '--infer-only', '--methods', 'frozen', 'lora', 'nas_lora_linbn_s2',
                     '--out', str(out))
     with open(out) as f:
         result = json.load(f)
@@ -120,4 +120,9 @@ def test_infer_only_times_inference_and_export_alone(tmp_path):
     assert cell['infer_ms'] > 0 and cell['infer_export_ms'] > 0
     assert cell['export_mode'] == 'collapse' and cell['export_max_abs_diff'] < 1e-4
     assert cell['export_vs_frozen'] > 0
+    # FLOPs, exact where time is noisy: folded LoRA is the frozen model, the collapsed
+    # cell keeps its rank-r products and one r x r convolution per qkv.
+    assert rows['frozen']['infer_flops_vs_frozen'] == 1.
+    assert rows['lora']['export_flops_vs_frozen'] == 1.
+    assert rows['lora']['infer_flops_vs_frozen'] > 1. and cell['export_flops_vs_frozen'] > 1.
     assert result['meta']['infer_only'] and 'inference only' in proc.stdout
