@@ -53,8 +53,8 @@ run decoder-only param_scheduler
 echo
 echo "Kvasir-SEG val, LiteMedSAM, $ITERS iterations of batch 4 at 128x128, $(((SECONDS - start) / 60)) min:"
 for name in naslora decoder-only; do
-    line="$(grep -E 'foreground Jaccard' "$WORK_DIR/$name/test.log" | tail -n 1)"
-    printf '  %-13s %s\n' "$name" "${line#*foreground }"
+    line="$(grep -E 'foreground .*Jaccard: ' "$WORK_DIR/$name/test.log" | tail -n 1)"
+    printf '  %-13s Jaccard: %s\n' "$name" "${line#*Jaccard: }"
 done
 echo "prediction overlays (image with truth | prediction): $WORK_DIR/*/overlays"
 echo "alpha plots: $WORK_DIR/naslora/alpha_heatmap.png, alpha_trajectory.png"
