@@ -37,7 +37,7 @@ import mmseg_naslora  # noqa: F401  (registers modules and the checkpoint loader
 from mmseg_naslora.engine.atomic_io import atomic_torch_save, atomic_write_bytes
 from mmseg_naslora.models.adapters.export import EXPORT_MODES, export_adapters
 from mmseg_naslora.models.utils.adapter_io import (adapter_state_dict, base_checkpoints,
-                                                   load_adapters, save_adapters)
+                                                   load_adapter_file, save_adapters)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -192,9 +192,8 @@ def load_trained(model: torch.nn.Module, cfg: Config, config: str, path: str) ->
     if not osp.isfile(path):
         raise SystemExit(f'checkpoint {path} does not exist.')
     if path.endswith('.safetensors'):
-        model.init_weights()  # the frozen base weights named by the config
         try:
-            load_adapters(model, path, cfg.model)
+            load_adapter_file(model, path, cfg.model)
         except ValueError as error:
             raise SystemExit(str(error)) from None
         return
