@@ -22,7 +22,7 @@ import copy
 import os
 import os.path as osp
 import statistics
-import time
+from functools import partial
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -38,6 +38,7 @@ from mmseg_naslora.engine.atomic_io import atomic_torch_save, atomic_write_bytes
 from mmseg_naslora.models.adapters.export import EXPORT_MODES, export_adapters
 from mmseg_naslora.models.utils.adapter_io import (adapter_state_dict, base_checkpoints,
                                                    load_adapter_file, save_adapters)
+from mmseg_naslora.utils.timing import timed_in_turns
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -139,23 +140,6 @@ def mode_errors(model: torch.nn.Module, inputs: Sequence[torch.Tensor],
     return errors
 
 
-def latencies_ms(models: Sequence[torch.nn.Module], x: torch.Tensor,
-                 repeat: int) -> List[float]:
-    """Median wall time (ms) of ``repeat`` forwards of each model.
-
-    The models take turns, so load from other processes hits both alike.
-    """
-    for model in models:
-        model(x, mode='tensor')  # warm-up
-    times = [[] for _ in models]
-    for _ in range(max(repeat, 1)):
-        for model, spent in zip(models, times):
-            start = time.perf_counter()
-            model(x, mode='tensor')
-            spent.append(time.perf_counter() - start)
-    return [statistics.median(t) * 1e3 for t in times]
-
-
 def exported_config(cfg: Config, adapter_cfg) -> Config:
     """``cfg`` with the backbone's new adapter and no pretrained-file loading."""
     cfg = copy.deepcopy(cfg)
@@ -248,7 +232,10 @@ def main(argv=None) -> None:
     with torch.no_grad():
         diff = max((a - b).abs().max().item()
                    for a, b in zip(outputs(model, x), outputs(exported, x)))
-        before, after = latencies_ms([model, exported], x, args.repeat)
+        # In turns, so load from other processes hits both alike.
+        before, after = (1e3 * statistics.median(t) for t in timed_in_turns(
+            [partial(model, x, mode='tensor'), partial(exported, x, mode='tensor')],
+            args.repeat))
     error = relative_error(model, exported, inputs)
 
     ckpt_path = osp.join(args.out, 'exported.pth')

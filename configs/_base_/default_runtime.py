@@ -12,9 +12,7 @@ log_level = 'INFO'
 load_from = None
 resume = False
 randomness = dict(seed=0)
-tta_model = dict(type='SegTTAModel')
-# Reliability hooks (StartupCheckHook, NonFiniteLossHook, AdapterCheckpointHook,
-# which writes work_dir/adapters.safetensors) are added to default_hooks by
-# tools/train.py and tools/test.py (mmseg_naslora/engine/reliability_defaults.py):
-# mmengine forbids a key defined by two _base_ files, and the schedules own
-# default_hooks. Turn one off with default_hooks = dict(adapter_checkpoint=None).
+tta_model = dict(type='ProbTTAModel')  # mmseg's SegTTAModel mis-merges binary heads
+# The safety hooks (start-up data check, non-finite loss stop, adapter file, work-dir
+# guard, lr on resume) are in each schedule's default_hooks: mmengine forbids a key that
+# two _base_ files define (mmseg_naslora/engine/reliability_defaults.py).

@@ -20,6 +20,16 @@ test_pipeline = [
     dict(type='LoadAnnotations'),
     dict(type='PackSegInputs'),
 ]
+# --tta at the test scale above (as the dataset base's tta_pipeline, which is built from
+# the base's test_pipeline): the plain view, then the flipped ones.
+tta_pipeline = [
+    test_pipeline[0],
+    dict(type='TestTimeAug', transforms=(
+        [[t] for t in test_pipeline[1:] if t['type'] == 'Resize']
+        + [[dict(type='RandomFlip', prob=0.),
+            dict(type='RandomFlip', prob=1., direction='horizontal'),
+            dict(type='RandomFlip', prob=1., direction='vertical')]]
+        + [[t] for t in test_pipeline[1:] if t['type'] != 'Resize']))]
 train_dataloader = dict(dataset=dict(pipeline=train_pipeline))
 val_dataloader = dict(dataset=dict(pipeline=test_pipeline))
 test_dataloader = val_dataloader

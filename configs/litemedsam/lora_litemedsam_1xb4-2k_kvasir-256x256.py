@@ -9,3 +9,4 @@ crop_size = (256, 256)
 # TinyViT runs on the padded square that it was distilled at.
 data_preprocessor = dict(size=crop_size, test_cfg=dict(size=crop_size, size_divisor=None))
 model = dict(data_preprocessor=data_preprocessor)
+default_hooks = dict(checkpoint=dict(save_best='Dice', rule='greater'))

@@ -3,6 +3,6 @@
 #   python tools/export.py THIS_CONFIG work_dirs/.../iter_150.pth --mode collapse --out OUT
 _base_ = ['./naslora_litemedsam_1xb4-150_kvasir-128x128.py']
 model = dict(backbone=dict(adapter=dict(
-    _delete_=True, type='NASLoRA', rank=3, alpha=32, op_variant='linear_bn',
+    _delete_=True, type='NASLoRA', rank=3, lora_alpha=32, op_variant='linear_bn',
     primitives=['none', 'avg_pool_3x3', 'skip_connect', 'sep_conv_3x3', 'sep_conv_5x5',
                 'dil_conv_3x3', 'dil_conv_5x5'])))

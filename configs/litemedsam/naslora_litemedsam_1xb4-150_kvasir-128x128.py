@@ -5,7 +5,7 @@ _base_ = ['./lora_litemedsam_1xb4-150_kvasir-128x128.py']
 model = dict(
     type='NASEncoderDecoder',
     search_step='joint',
-    backbone=dict(adapter=dict(type='NASLoRA', rank=3, alpha=32, op_variant='darts')))
+    backbone=dict(adapter=dict(type='NASLoRA', rank=3, lora_alpha=32, op_variant='darts')))
 optim_wrapper = dict(
     _delete_=True,
     constructor='NASOptimWrapperConstructor',

@@ -9,4 +9,5 @@ data_preprocessor = dict(size=crop_size, test_cfg=dict(size=crop_size, size_divi
 model = dict(
     type='NASEncoderDecoder',
     data_preprocessor=data_preprocessor,
-    backbone=dict(adapter=dict(type='NASLoRA', rank=3, alpha=32, op_variant='darts')))
+    backbone=dict(adapter=dict(type='NASLoRA', rank=3, lora_alpha=32, op_variant='darts')))
+default_hooks = dict(checkpoint=dict(save_best='Dice', rule='greater'))

@@ -1,11 +1,11 @@
 # SAM ViT-B + LoRA (r = 3) as a plain mmseg backbone under UPerNet, on ADE20K
-# with mmseg's own dataset, runtime and 80k schedule (inherited via `mmseg::`).
+# with mmseg's own dataset and runtime (via `mmseg::`) and an 80k AdamW schedule.
 # SAMViT returns one 256-channel map at 1/16; mmseg's MultiLevelNeck resizes it
 # to the 1/4, 1/8, 1/16 and 1/32 pyramid that UPerHead expects (as mmseg's ViT
 # UPerNet configs do).
 _base_ = [
-    'mmseg::_base_/datasets/ade20k.py', 'mmseg::_base_/default_runtime.py',
-    'mmseg::_base_/schedules/schedule_80k.py'
+    '../_base_/datasets/ade20k.py', 'mmseg::_base_/default_runtime.py',
+    '../_base_/schedules/schedule_80k.py'
 ]
 custom_imports = dict(imports=['mmseg_naslora'], allow_failed_imports=False)
 crop_size = (512, 512)
@@ -27,7 +27,7 @@ model = dict(
         arch='b',
         img_size=crop_size[0],
         checkpoint=sam_checkpoint,
-        adapter=dict(type='LoRA', rank=3, alpha=32)),
+        adapter=dict(type='LoRA', rank=3, lora_alpha=32)),
     neck=dict(type='MultiLevelNeck', in_channels=[256], out_channels=256, scales=[4, 2, 1, 0.5]),
     decode_head=dict(
         type='UPerHead',
@@ -55,14 +55,4 @@ model = dict(
     train_cfg=dict(),
     # SAMViT is built for square inputs of img_size: slide 512x512 windows.
     test_cfg=dict(mode='slide', crop_size=crop_size, stride=(341, 341)))
-# The SAM encoder is frozen; AdamW trains the adapters, the neck and the heads.
-optim_wrapper = dict(
-    _delete_=True,
-    type='OptimWrapper',
-    optimizer=dict(type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=1e-4),
-    clip_grad=None)
-param_scheduler = [
-    dict(type='LinearLR', start_factor=1e-3, by_epoch=False, begin=0, end=1500),
-    dict(type='PolyLR', eta_min=0.0, power=1.0, by_epoch=False, begin=1500, end=80000),
-]
 default_hooks = dict(checkpoint=dict(save_best='mIoU', rule='greater'))

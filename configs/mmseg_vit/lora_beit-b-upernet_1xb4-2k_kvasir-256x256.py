@@ -20,3 +20,4 @@ model = dict(
         **binary_head,
         loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=True, loss_weight=0.4)),
     test_cfg=dict(_delete_=True, mode='whole'))
+default_hooks = dict(checkpoint=dict(save_best='Dice', rule='greater'))

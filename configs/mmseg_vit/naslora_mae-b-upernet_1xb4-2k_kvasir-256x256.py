@@ -17,7 +17,7 @@ model = dict(
     data_preprocessor=data_preprocessor,
     backbone=dict(
         backbone=dict(img_size=crop_size),
-        adapter=dict(type='NASLoRA', rank=3, alpha=32, op_variant='darts')),
+        adapter=dict(type='NASLoRA', rank=3, lora_alpha=32, op_variant='darts')),
     decode_head=dict(
         **binary_head,
         loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=True, loss_weight=1.0)),
@@ -25,3 +25,4 @@ model = dict(
         **binary_head,
         loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=True, loss_weight=0.4)),
     test_cfg=dict(_delete_=True, mode='whole'))
+default_hooks = dict(checkpoint=dict(save_best='Dice', rule='greater'))

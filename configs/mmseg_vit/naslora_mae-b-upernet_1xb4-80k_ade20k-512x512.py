@@ -3,7 +3,7 @@
 # weights together (joint step). The cell runs on the patch grid; the class token's
 # bottleneck is the identity (docs/mmseg_vit.md).
 _base_ = [
-    './_base_/mae-b_upernet.py', 'mmseg::_base_/datasets/ade20k.py',
+    './_base_/mae-b_upernet.py', '../_base_/datasets/ade20k.py',
     'mmseg::_base_/default_runtime.py', './_base_/schedule_nas_80k.py'
 ]
 custom_imports = dict(imports=['mmseg_naslora'], allow_failed_imports=False)
@@ -14,4 +14,4 @@ model = dict(
     alpha_interval=1,
     alpha_data='same',
     search_step='joint',
-    backbone=dict(adapter=dict(type='NASLoRA', rank=3, alpha=32, op_variant='darts')))
+    backbone=dict(adapter=dict(type='NASLoRA', rank=3, lora_alpha=32, op_variant='darts')))

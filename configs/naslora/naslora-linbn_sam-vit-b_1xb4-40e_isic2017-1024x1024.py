@@ -4,6 +4,6 @@
 # cell into one 9x9 convolution plus a bias, exactly (docs/nas_lora.md, "Which op variant").
 _base_ = ['./naslora_sam-vit-b_1xb4-40e_isic2017-1024x1024.py']
 model = dict(backbone=dict(adapter=dict(
-    _delete_=True, type='NASLoRA', rank=3, alpha=32, op_variant='linear_bn',
+    _delete_=True, type='NASLoRA', rank=3, lora_alpha=32, op_variant='linear_bn',
     primitives=['none', 'avg_pool_3x3', 'skip_connect', 'sep_conv_3x3', 'sep_conv_5x5',
                 'dil_conv_3x3', 'dil_conv_5x5'])))

@@ -7,7 +7,12 @@ _base_ = [
 crop_size = (1024, 1024)
 # SAM sees every test image padded to the square it was trained on.
 data_preprocessor = dict(size=crop_size, test_cfg=dict(size=crop_size, size_divisor=None))
-model = dict(data_preprocessor=data_preprocessor, backbone=dict(img_size=crop_size[0]))
+# Conv-LoRA's code (AutoGluon) trains this benchmark with PraNet's structure loss, its BCE
+# term unweighted as that code computes it (docs/conv_lora_and_losses.md).
+model = dict(
+    data_preprocessor=data_preprocessor,
+    backbone=dict(img_size=crop_size[0]),
+    decode_head=dict(loss_decode=dict(_delete_=True, type='StructureLoss', weighted_bce=False)))
 # Conv-LoRA's code trains this set with lr 3e-4.
 optim_wrapper = dict(weights=dict(optimizer=dict(lr=3e-4)))
 default_hooks = dict(checkpoint=dict(save_best='Jaccard', rule='greater'))

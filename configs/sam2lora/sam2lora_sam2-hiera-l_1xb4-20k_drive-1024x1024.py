@@ -32,6 +32,16 @@ test_pipeline = [
     dict(type='LoadAnnotations'),
     dict(type='PackSegInputs'),
 ]
+# --tta at the test scale above (as the dataset base's tta_pipeline, which is built from
+# the base's test_pipeline): the plain view, then the flipped ones.
+tta_pipeline = [
+    test_pipeline[0],
+    dict(type='TestTimeAug', transforms=(
+        [[t] for t in test_pipeline[1:] if t['type'] == 'Resize']
+        + [[dict(type='RandomFlip', prob=0.),
+            dict(type='RandomFlip', prob=1., direction='horizontal'),
+            dict(type='RandomFlip', prob=1., direction='vertical')]]
+        + [[t] for t in test_pipeline[1:] if t['type'] != 'Resize']))]
 # mmseg's base wraps the training set in a RepeatDataset.
 train_dataloader = dict(batch_size=4, dataset=dict(dataset=dict(pipeline=train_pipeline)))
 val_dataloader = dict(dataset=dict(pipeline=test_pipeline))
@@ -44,3 +54,4 @@ val_evaluator = [
 test_evaluator = val_evaluator
 # The SAM2LoRA reference trains with AdamW, lr 1e-4, weight decay 3e-4.
 optim_wrapper = dict(optimizer=dict(lr=1e-4, weight_decay=3e-4))
+default_hooks = dict(checkpoint=dict(save_best='Dice', rule='greater'))

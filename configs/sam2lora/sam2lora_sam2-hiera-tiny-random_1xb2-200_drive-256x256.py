@@ -13,10 +13,10 @@ model = dict(
                   window_pos_embed_bkg_spatial_size=(4, 4)),
         out_channels=32,
         checkpoint=None,
-        adapter=dict(rank=4, alpha=8)),
+        adapter=dict(rank=4, lora_alpha=8)),
     decode_head=dict(in_channels=32, channels=32, transformer_mlp_dim=64,
                      transformer_num_heads=2, iou_head_hidden_dim=32, checkpoint=None,
-                     decoder_adapter=dict(rank=4, alpha=8)))
+                     decoder_adapter=dict(rank=4, lora_alpha=8)))
 train_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='LoadAnnotations'),
@@ -31,6 +31,16 @@ test_pipeline = [
     dict(type='LoadAnnotations'),
     dict(type='PackSegInputs'),
 ]
+# --tta at the test scale above (as the dataset base's tta_pipeline, which is built from
+# the base's test_pipeline): the plain view, then the flipped ones.
+tta_pipeline = [
+    test_pipeline[0],
+    dict(type='TestTimeAug', transforms=(
+        [[t] for t in test_pipeline[1:] if t['type'] == 'Resize']
+        + [[dict(type='RandomFlip', prob=0.),
+            dict(type='RandomFlip', prob=1., direction='horizontal'),
+            dict(type='RandomFlip', prob=1., direction='vertical')]]
+        + [[t] for t in test_pipeline[1:] if t['type'] != 'Resize']))]
 train_dataloader = dict(batch_size=2, num_workers=0, persistent_workers=False,
                         dataset=dict(dataset=dict(pipeline=train_pipeline)))
 val_dataloader = dict(num_workers=0, persistent_workers=False,

@@ -15,4 +15,4 @@ model = dict(
         set_loss=dict(type='MaskSetLoss', loss_cls_weight=2.0, loss_mask_weight=5.0,
                       loss_dice_weight=5.0, no_object_weight=0.1)),
     test_cfg=dict(mode='whole'))
-default_hooks = dict(checkpoint=dict(save_best='mIoU'))
+default_hooks = dict(checkpoint=dict(save_best='mIoU', rule='greater'))

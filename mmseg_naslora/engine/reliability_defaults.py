@@ -1,12 +1,15 @@
-"""The reliability hooks every run of ``tools/train.py``/``tools/test.py`` gets.
+"""The reliability hooks every run gets, from a stock mmseg/mim runner too.
 
-They cannot be listed in ``configs/_base_/default_runtime.py``: mmengine
-refuses a key defined by two ``_base_`` files, and the schedules already
-define ``default_hooks`` (and the NAS schedules ``custom_hooks``, which
-mmengine would replace, not extend). So the command-line tools add them to
-``cfg.default_hooks`` unless the config names them itself; a config turns
-one off with e.g. ``default_hooks = dict(adapter_checkpoint=None)`` and tunes
-one with ``default_hooks = dict(adapter_checkpoint=dict(strict=False))`` or
+Every schedule in ``configs/`` lists them in its ``default_hooks`` (the
+schedules own ``default_hooks`` in mmseg's layout, and mmengine refuses a
+key that two sibling ``_base_`` files define, so they cannot live in one
+shared base). :data:`RELIABILITY_HOOKS` is the same dict for configs written
+elsewhere: ``tools/train.py`` and ``tools/test.py`` add whatever a config
+lacks, and ``tests/test_configs/test_config_zoo.py`` keeps the schedules in
+step with it. In ``tools/train.py`` a config turns one off with e.g.
+``default_hooks = dict(adapter_checkpoint=None)`` (a stock runner accepts
+None only for mmengine's own hook names) and tunes one with
+``default_hooks = dict(adapter_checkpoint=dict(strict=False))`` or
 ``--cfg-options default_hooks.adapter_checkpoint.strict=False``.
 """
 import copy

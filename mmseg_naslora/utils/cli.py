@@ -1,5 +1,6 @@
 """Arguments and config edits shared by the command-line tools."""
 import argparse
+import copy
 import gc
 import logging
 import os
@@ -144,9 +145,10 @@ def init_cpu_distributed(cfg: Config, launcher: str) -> None:
     dist.init_process_group(backend='gloo')
 
 
-#: Metrics that read the per-pixel scores ``seg_logits``, which mmseg's
-#: ``SegTTAModel`` does not merge (it merges ``pred_sem_seg`` only and leaves
-#: the last view's scores), so their TTA numbers would silently be one view's.
+#: Metrics that read the per-pixel scores ``seg_logits``: only
+#: :class:`~mmseg_naslora.models.segmentors.ProbTTAModel` merges those (mmseg's
+#: ``SegTTAModel`` leaves the last view's), so under another TTA model their
+#: numbers would silently be one view's.
 SCORE_METRICS = ('AUCMetric', 'SODMetric')
 
 
@@ -171,9 +173,10 @@ def apply_tta(cfg: Config, config_path: str) -> None:
     (e.g. a config that overrides ``test_pipeline`` with another resize but
     inherits its dataset base's ``tta_pipeline``: TTA would test at another
     scale than the plain test), and when ``test_evaluator`` has a metric that
-    reads ``seg_logits`` (:data:`SCORE_METRICS`, ``BERMetric(source='score')``),
-    which ``SegTTAModel`` does not merge. A missing ``tta_model`` defaults to
-    mmseg's ``SegTTAModel``.
+    reads ``seg_logits`` (:data:`SCORE_METRICS`, ``BERMetric(source='score')``)
+    and the TTA model is not :class:`ProbTTAModel`, the one that merges them.
+    A missing ``tta_model``, and mmseg's ``SegTTAModel`` (whose merge is wrong
+    for binary heads, see :class:`ProbTTAModel`), become ``ProbTTAModel``.
 
     Args:
         cfg (Config): The test config, edited in place.
@@ -182,9 +185,8 @@ def apply_tta(cfg: Config, config_path: str) -> None:
     if cfg.get('tta_pipeline') is None:
         raise SystemExit(
             f'--tta: {config_path} defines no tta_pipeline (the test pipeline of the '
-            'test-time augmentation); add tta_model = dict(type=\'SegTTAModel\') and a '
-            'tta_pipeline to the config (see configs/_base_/datasets/kvasir_seg.py), or drop '
-            '--tta.')
+            'test-time augmentation); add one to the config (see '
+            'configs/_base_/datasets/kvasir_seg.py), or drop --tta.')
     test_pipeline = cfg.test_dataloader.dataset.get('pipeline') or []
     tta = _flat_transforms(cfg.tta_pipeline)
     missing = [t for t in test_pipeline if t not in tta]
@@ -196,6 +198,14 @@ def apply_tta(cfg: Config, config_path: str) -> None:
             '(a config that overrides test_pipeline inherits the tta_pipeline of its dataset '
             'base unchanged); define tta_pipeline next to test_pipeline in the config with the '
             'same transforms plus the flips, or drop --tta.')
+    tta_model = copy.deepcopy(cfg.get('tta_model') or dict(type='ProbTTAModel'))
+    if str(tta_model.get('type')).split('.')[-1] == 'SegTTAModel':
+        print_log(f'--tta: {config_path} names mmseg\'s SegTTAModel, which applies a sigmoid '
+                  'to the binary heads\' probabilities a second time and keeps one view\'s '
+                  'scores; testing with ProbTTAModel, which averages the probabilities.',
+                  logger='current', level=logging.WARNING)
+        tta_model['type'] = 'ProbTTAModel'
+    merges_scores = str(tta_model.get('type')).split('.')[-1] == 'ProbTTAModel'
     evaluators = cfg.get('test_evaluator') or []
     for evaluator in evaluators if isinstance(evaluators, list) else [evaluators]:
         kind = str(evaluator.get('type', '')).split('.')[-1]
@@ -203,14 +213,14 @@ def apply_tta(cfg: Config, config_path: str) -> None:
         if kind == 'BERMetric':
             from mmseg.registry import METRICS
             scored = getattr(METRICS.build(evaluator), 'source', 'pred') == 'score'
-        if scored:
+        if scored and not merges_scores:
             raise SystemExit(
                 f'--tta: test_evaluator {kind} of {config_path} reads the per-pixel scores '
-                '(seg_logits), which mmseg\'s SegTTAModel does not merge (only the predicted '
-                'masks are averaged), so its TTA value would be that of one view; drop --tta, '
-                'or use a test_evaluator of mask metrics only (e.g. ForegroundIoUMetric).')
+                f'(seg_logits), which tta_model {tta_model["type"]} does not merge, so its TTA '
+                'value would be that of one view; use tta_model = dict(type=\'ProbTTAModel\'), '
+                'drop --tta, or use a test_evaluator of mask metrics only (e.g. '
+                'ForegroundIoUMetric).')
     cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
-    tta_model = cfg.get('tta_model') or dict(type='SegTTAModel')
     tta_model['module'] = cfg.model
     cfg.model = tta_model
 

@@ -24,10 +24,11 @@ def tune_cpu_allocator() -> bool:
     ``TRIM_THRESHOLD``) the memory stays in the heap and is reused. Peak RSS is
     unchanged; the process only keeps its peak instead of returning it.
 
-    Measured on the 2-core CPU (LiteMedSAM + NAS-LoRA, 128², batch 4): 13 % off
-    a weight step and 17 % off an α + weight step, with bit-identical losses.
-    This is the effect of ``MALLOC_MMAP_THRESHOLD_``/``MALLOC_TRIM_THRESHOLD_``
-    (or of jemalloc/tcmalloc), applied from inside the process.
+    Training losses are bit-identical with and without it; the measured
+    speed-ups are in ``docs/benchmarks.md`` ("CPU: keeping freed memory in the
+    process"). This is the effect of
+    ``MALLOC_MMAP_THRESHOLD_``/``MALLOC_TRIM_THRESHOLD_`` (or of
+    jemalloc/tcmalloc), applied from inside the process.
 
     Nothing is changed when ``NASLORA_MALLOC_TUNING=0``, when the user set
     either ``MALLOC_*_THRESHOLD_`` variable, or when the C library is not glibc.

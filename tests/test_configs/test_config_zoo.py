@@ -16,6 +16,7 @@ from mmengine.config import Config
 from mmseg.registry import HOOKS, MODELS
 
 import mmseg_naslora  # noqa: F401  (registers every module the configs name)
+from mmseg_naslora.engine.reliability_defaults import RELIABILITY_HOOKS
 from mmseg_naslora.models.segmentors import AdapterEncoderDecoder, NASEncoderDecoder
 
 CONFIG_ROOT = osp.join(REPO_ROOT, 'configs')
@@ -56,6 +57,7 @@ DATASETS = {
 # method token -> adapter type in the backbone
 ADAPTERS = {'lora': 'LoRA', 'convlora': 'ConvLoRA', 'naslora': 'NASLoRA',
             'naslora-linbn': 'NASLoRA', 'naspclora': 'NASPCLoRA', 'sam2lora': 'LoRA',
+            'sam2lora-ref': 'LoRA',
             # op-set ablations of NAS-LoRA (docs/nas_lora.md)
             'naslora-ops-noconv': 'NASLoRA', 'naslora-ops-convonly': 'NASLoRA',
             'naslora-ops-poolskip': 'NASLoRA', 'naslora-ops-plus': 'NASLoRA',
@@ -66,6 +68,8 @@ ADAPTERS = {'lora': 'LoRA', 'convlora': 'ConvLoRA', 'naslora': 'NASLoRA',
 ZOO_DATASETS = ['isic2017', 'kvasir-pranet', 'cvc-clinicdb', 'cvc-colondb', 'etis', 'cvc-300',
                 'camo', 'cod10k', 'sbu', 'leaf-disease', 'massachusetts-roads', 'trans10k-v1',
                 'trans10k-v2', 'drive', 'chase-db1', 'stare', 'hrf']
+# The binary benchmarks of Conv-LoRA's code (AutoGluon).
+CONV_LORA_DATASETS = ZOO_DATASETS[:ZOO_DATASETS.index('trans10k-v1')]
 SAM2_TINY = dict(embed_dim=16, num_heads=1, stages=(1, 1, 2, 1), global_att_blocks=(3, ),
                  window_spec=(4, 2, 2, 1), window_pos_embed_bkg_spatial_size=(4, 4))
 # backbone token -> inner type of AdaptedBackbone (configs/mmseg_vit, docs/mmseg_vit.md)
@@ -210,6 +214,12 @@ def test_dataset_and_metric_are_the_papers(path):
                     FG: ('Jaccard', 'greater')}
         headline = next(expected[m] for m in expected if m in metrics)
         assert (checkpoint.save_best, checkpoint.rule) == headline
+    if name['dataset'] in CONV_LORA_DATASETS and name['backbone'].startswith('sam-vit-'):
+        # AutoGluon's Conv-LoRA recipe, for every method: structure loss as its code
+        # computes it (unweighted BCE), a class-balanced BCE for SBU.
+        expected = (dict(type='BalancedBCELoss') if name['dataset'] == 'sbu' else
+                    dict(type='StructureLoss', weighted_bce=False))
+        assert cfg.model.decode_head.loss_decode == expected
     if name['dataset'] in ('cvc-colondb', 'etis', 'cvc-300'):
         # PraNet's protocol: trained on Kvasir-SEG + CVC-ClinicDB, tested on the unseen set.
         train = cfg.train_dataloader.dataset
@@ -221,6 +231,51 @@ def test_dataset_and_metric_are_the_papers(path):
         head = cfg.model.decode_head
         assert head.type == 'SAMMaskSetHead'
         assert (head.num_classes, head.out_channels) == (classes, classes)
+
+
+@pytest.mark.parametrize('path', CONFIGS, ids=lambda p: osp.relpath(p, CONFIG_ROOT))
+def test_a_stock_runner_gets_the_safety_hooks(path):
+    # mmseg's own tools/train.py or mim builds the hooks from the config alone.
+    hooks = load(path).default_hooks
+    for name, hook in RELIABILITY_HOOKS.items():
+        assert hooks.get(name) == hook, f'{osp.relpath(path, REPO_ROOT)}: default_hooks.{name}'
+
+
+def flatten(node, prefix: str = '') -> dict:
+    if isinstance(node, dict):
+        items = node.items()
+    elif isinstance(node, (list, tuple)):
+        items = enumerate(node)
+    else:
+        return {prefix: node}
+    return {k: v for key, child in items for k, v in flatten(child, f'{prefix}.{key}').items()}
+
+
+def benchmarks() -> dict:
+    """(backbone, schedule-free dataset and crop) -> the method configs that train on it."""
+    groups = {}
+    for path in NAMED:
+        name = parse_name(path)
+        key = (name['backbone'], name['dataset'], name['crop_h'], name['crop_w'])
+        groups.setdefault(key, []).append(path)
+    return {k: v for k, v in groups.items() if len(v) > 1}
+
+
+# What a method must not change: the data, the test-time padding, the metric, the selection.
+SAME_FOR_EVERY_METHOD = ('.train_dataloader', '.val_dataloader', '.test_dataloader',
+                         '.val_evaluator', '.test_evaluator', '.model.data_preprocessor',
+                         '.model.test_cfg', '.tta_pipeline', '.default_hooks.checkpoint.save_best',
+                         '.default_hooks.checkpoint.rule')
+
+
+@pytest.mark.parametrize('paths', list(benchmarks().values()),
+                         ids=lambda ps: '-'.join(parse_name(ps[0])[k] for k in ('backbone', 'dataset')))
+def test_methods_of_one_benchmark_differ_only_in_the_method(paths):
+    first, *others = [(p, flatten(load(p).to_dict())) for p in paths]
+    for path, cfg in others:
+        differ = sorted(k for k in set(first[1]) | set(cfg) if k.startswith(SAME_FOR_EVERY_METHOD)
+                        and first[1].get(k) != cfg.get(k))
+        assert not differ, (osp.basename(first[0]), osp.basename(path), differ[:5])
 
 
 @pytest.mark.parametrize('path', [p for p in NAMED if osp.basename(p).startswith('nas')],

@@ -107,7 +107,7 @@ def search(tmp_path, planted: str, search_step: str, flip_alpha_grad: bool = Fal
             search_step=search_step,
             data_preprocessor=dict(type='SegDataPreProcessor', size=(GRID, GRID)),
             backbone=dict(type='PlantedTokenBackbone', a_init=a,
-                          adapter=dict(type='NASLoRA', rank=RANK, alpha=RANK)),
+                          adapter=dict(type='NASLoRA', rank=RANK, lora_alpha=RANK)),
             decode_head=dict(type='TokenRegressionHead')),
         work_dir=str(tmp_path / f'{planted}_{search_step}'),
         experiment_name=f'planted_{uuid.uuid4().hex}',

@@ -15,7 +15,7 @@ def segmentor(seg_type, adapter_type):
         type=seg_type, data_preprocessor=dict(type='SegDataPreProcessor', size=(64, 64)),
         backbone=dict(type='SAMViT', arch=dict(TINY_ARCH), img_size=64,
                       window_size=TINY_WINDOW, out_channels=32,
-                      adapter=dict(type=adapter_type, rank=3, alpha=32)),
+                      adapter=dict(type=adapter_type, rank=3, lora_alpha=32)),
         decode_head=dict(type='SAMMaskDecoderHead', num_classes=2, out_channels=1,
                          loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=True),
                          **TINY_DECODER)))

@@ -1,4 +1,4 @@
-"""tools/benchmark.py --quick: every method row and every column, from a real subprocess run."""
+"""tools/analysis_tools/benchmark.py --quick: every method row and column, from a real run."""
 import json
 import os
 import os.path as osp
@@ -6,10 +6,11 @@ import subprocess
 import sys
 
 import pytest
+from conftest import REPO_ROOT
 
-REPO_ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-sys.path.insert(0, osp.join(REPO_ROOT, 'tools'))
+sys.path.insert(0, osp.join(REPO_ROOT, 'tools', 'analysis_tools'))
 import benchmark  # noqa: E402
+import benchmark_models  # noqa: E402
 
 COLUMNS = ('trainable_params', 'alpha_params', 'model_mb', 'train_step_ms', 'train_step_ms_all',
            'peak_train_mem_mb', 'flops_per_step', 'achieved_flops', 'infer_ms',
@@ -19,8 +20,9 @@ COLUMNS = ('trainable_params', 'alpha_params', 'model_mb', 'train_step_ms', 'tra
 
 def run_tool(*args, timeout=300):
     env = dict(os.environ, OMP_NUM_THREADS='1')
-    proc = subprocess.run([sys.executable, 'tools/benchmark.py', *args], cwd=REPO_ROOT,
-                          capture_output=True, text=True, timeout=timeout, env=env)
+    proc = subprocess.run([sys.executable, 'tools/analysis_tools/benchmark.py', *args],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout,
+                          env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
@@ -36,7 +38,8 @@ def quick(tmp_path_factory):
 def test_quick_run_has_every_row_and_column(quick):
     result, stdout = quick
     rows = {r['method']: r for r in result['rows']}
-    expected = [m for m in benchmark.METHODS if m != 'sam2lora' or benchmark.sam2_available()]
+    expected = [m for m in benchmark_models.METHODS
+                if m != 'sam2lora' or benchmark_models.sam2_available()]
     assert list(rows) == expected
     for name, row in rows.items():
         assert 'error' not in row, (name, row.get('error'))
@@ -90,22 +93,6 @@ def test_quick_run_values_are_consistent(quick):
             assert row['infer_vs_frozen'] > 0
             assert (row['export_vs_frozen'] is None) == (row['export_mode'] is None)
     assert quick[0]['meta']['malloc_tuned'] in (True, False)
-
-
-def test_profile_attributes_the_nas_cell(tmp_path):
-    out = tmp_path / 'profile.json'
-    run_tool('--quick', '--profile', 'nas_lora_s2', '--out', str(out))
-    with open(out) as f:
-        result = json.load(f)
-    assert result['wall_ms'] > 0 and result['optimizer_ms'] > 0
-    for part in ('cell', 'attention', 'mlp', 'decoder'):
-        assert result['forward_ms'][part] > 0, part
-        assert result['backward_ms'][part] > 0, part
-
-
-def test_bad_arch_is_refused():
-    with pytest.raises(SystemExit, match='neither one of'):
-        benchmark.model_config(benchmark.parse_args(['--arch', 'vit-x']), 'lora')
 
 
 def test_infer_only_times_inference_and_export_alone(tmp_path):

@@ -1,5 +1,5 @@
 """Dataset converters: fake official layouts in, mmseg layouts out."""
-import importlib.util
+import importlib
 import io
 import os
 import shutil
@@ -14,24 +14,16 @@ from mmengine.registry import init_default_scope
 from mmseg.registry import DATASETS
 from PIL import Image
 
+import mmseg_naslora  # noqa: F401  (registers the dataset classes built here)
+import tools.dataset_converters._common as common
 
 CONVERTERS = Path(__file__).resolve().parents[2] / 'tools/dataset_converters'
 PIPELINE = [dict(type='LoadImageFromFile'), dict(type='LoadAnnotations')]
 
 
 def load(name):
-    """Import a converter script by path, as running it would."""
-    spec = importlib.util.spec_from_file_location(
-        f'_converter_{name}', CONVERTERS / f'{name}.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-# The converters import their helpers as the top-level module ``_common``;
-# the test must see the same module (and exception classes).
-sys.path.insert(0, str(CONVERTERS))
-import _common as common  # noqa: E402
+    """A converter module, as ``python -m tools.dataset_converters.<name>`` imports it."""
+    return importlib.import_module(f'tools.dataset_converters.{name}')
 
 
 def rgb(seed=0, size=8):
@@ -511,18 +503,19 @@ def test_decode_keeps_palette_indices():
 
 
 # ---------------------------------------------------------------- CLI ---
-def test_cli(tmp_path):
+@pytest.mark.parametrize('command', [[str(CONVERTERS / 'camo.py')],
+                                     ['-m', 'tools.dataset_converters.camo']],
+                         ids=['script', 'module'])
+def test_cli(tmp_path, command):
     src = tmp_path / 'src'
     camo_tree(src)
-    script = str(CONVERTERS / 'camo.py')
-    ok = subprocess.run([sys.executable, script, str(src), '-o',
-                         str(tmp_path / 'out')], capture_output=True,
-                        text=True, timeout=60)
+    run = dict(capture_output=True, text=True, timeout=60, cwd=CONVERTERS.parents[1])
+    ok = subprocess.run([sys.executable, *command, str(src), '-o', str(tmp_path / 'out')],
+                        **run)
     assert ok.returncode == 0, ok.stderr
     assert 'train       2 images (official: 1000)' in ok.stdout
-    bad = subprocess.run([sys.executable, script, str(tmp_path / 'nowhere'),
-                          '-o', str(tmp_path / 'out2')],
-                         capture_output=True, text=True, timeout=60)
+    bad = subprocess.run([sys.executable, *command, str(tmp_path / 'nowhere'),
+                          '-o', str(tmp_path / 'out2')], **run)
     assert bad.returncode == 1
     assert 'error:' in bad.stderr and 'does not exist' in bad.stderr
     assert 'Traceback' not in bad.stderr

@@ -66,7 +66,7 @@ X = torch.randn(1, 3, 80, 80, generator=torch.Generator().manual_seed(0))
 
 def test_fold_lora_matches_and_has_unadapted_keys():
     torch.manual_seed(0)
-    model = trained(tiny_sam(dict(type='LoRA', rank=3, alpha=32)))
+    model = trained(tiny_sam(dict(type='LoRA', rank=3, lora_alpha=32)))
     exported = copy.deepcopy(model)
     assert export_adapters(exported, 'fold') is None
     assert not list(iter_adapters(exported))
@@ -113,7 +113,7 @@ def test_collapse_matches_and_reloads(variant, extra):
     exported = copy.deepcopy(model)
     adapter_cfg = export_adapters(exported, 'collapse')
     size = 3 if 'primitives' in extra else 9
-    assert adapter_cfg == dict(type='ConvBottleneckLoRA', rank=3, alpha=32., dropout=0.,
+    assert adapter_cfg == dict(type='ConvBottleneckLoRA', rank=3, lora_alpha=32., dropout=0.,
                                kernel_size=size, bias=variant == 'linear_bn',
                                mask_padding=extra.get('mask_padding', True))
     assert all(isinstance(a, ConvBottleneckLoRA)
@@ -286,7 +286,7 @@ def _export_tool():
 
 
 @pytest.mark.parametrize('mode,adapter,topk', [
-    ('fold', "dict(type='LoRA', rank=3, alpha=32)", None),
+    ('fold', "dict(type='LoRA', rank=3, lora_alpha=32)", None),
     ('collapse', "dict(type='NASPCLoRA', rank=3, op_variant='linear_bn', "
      "primitives=['none', 'avg_pool_3x3', 'skip_connect', 'dil_conv_3x3'])", None),
     ('topk', "dict(type='NASLoRA', rank=3)", 3)])
@@ -368,7 +368,7 @@ def test_cli_measures_the_error_on_test_images(tmp_path, capsys, binary_dataset)
 
 
 def test_cli_names_a_checkpoint_of_another_config_in_a_few_lines(tmp_path):
-    config, _ = _tiny_checkpoint(tmp_path, "dict(type='LoRA', rank=3, alpha=32)")
+    config, _ = _tiny_checkpoint(tmp_path, "dict(type='LoRA', rank=3, lora_alpha=32)")
     other = tmp_path / 'other'
     other.mkdir()
     _, ckpt = _tiny_checkpoint(other, "dict(type='NASLoRA', rank=3)")
@@ -383,7 +383,7 @@ def test_cli_names_a_checkpoint_of_another_config_in_a_few_lines(tmp_path):
 
 def test_cli_failed_reexport_keeps_the_previous_export(tmp_path, monkeypatch):
     import errno
-    config, ckpt = _tiny_checkpoint(tmp_path, "dict(type='LoRA', rank=3, alpha=32)")
+    config, ckpt = _tiny_checkpoint(tmp_path, "dict(type='LoRA', rank=3, lora_alpha=32)")
     argv = [str(config), str(ckpt), '--mode', 'fold', '--out', str(tmp_path / 'out'),
             '--repeat', '1']
     tool = _export_tool()

@@ -11,7 +11,7 @@ from mmengine.config import Config
 from mmengine.runner import Runner
 
 import mmseg_naslora  # noqa: F401
-from mmseg_naslora.engine.reliability_defaults import add_reliability_hooks
+from mmseg_naslora.engine.reliability_defaults import RELIABILITY_HOOKS, add_reliability_hooks
 
 STOCK = "custom_imports = dict(imports=['mmseg_naslora'], allow_failed_imports=False)"
 
@@ -23,6 +23,9 @@ def load_cfg(path, work_dir, hooks=True):
     cfg.experiment_name = f'exp_{uuid.uuid4().hex}'
     if hooks:
         add_reliability_hooks(cfg)
+    else:  # a config of the user's own, without the schedules' safety hooks
+        for name in RELIABILITY_HOOKS:
+            cfg.default_hooks.pop(name, None)
     return cfg
 
 
@@ -96,7 +99,7 @@ def test_adapter_file_through_a_stock_runner_checks_the_base(tmp_path, trained, 
     """The config checks apply without the hook too (strict by default)."""
     cfg_path, _, work, _ = trained
     cfg = load_cfg(cfg_path, str(tmp_path / 'test'), hooks=False)
-    cfg.model.backbone.adapter = dict(type='LoRA', rank=4, alpha=32)
+    cfg.model.backbone.adapter = dict(type='LoRA', rank=4, lora_alpha=32)
     cfg.load_from = osp.join(work, 'adapters.safetensors')
     with pytest.raises(ValueError, match='does not match the base model') as info:
         Runner.from_cfg(cfg).test()

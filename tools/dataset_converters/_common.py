@@ -18,17 +18,12 @@ Binary masks are mapped by :func:`binary_mask_to_index`: ``0/1`` masks stay as
 they are, ``0/255`` masks (JPEG noise included) are thresholded at 128, and
 anything else (class-index masks, colour masks, soft maps) is refused.
 
-The converters are run as scripts (``python tools/dataset_converters/X.py``),
-which puts this folder on ``sys.path``; they import this module as
-``_common``.
+Helpers that only one converter needs live in that converter.
 """
 import argparse
-import csv
 import io
 import os
 import os.path as osp
-import posixpath
-import re
 import shutil
 import sys
 import tempfile
@@ -221,23 +216,6 @@ class SourceTree:
         return roots[0]
 
 
-def locate_first(tree: SourceTree, layouts: Sequence[Sequence[str]],
-                 dataset: str, hint: str = '') -> Tuple[str, int]:
-    """:meth:`SourceTree.locate` for the first of several accepted layouts.
-
-    Returns:
-        tuple[str, int]: The root and the index of the layout that matched.
-    """
-    first_error = None
-    for i, required in enumerate(layouts):
-        try:
-            return tree.locate(required, dataset, hint), i
-        except LayoutError as e:
-            first_error = first_error or e
-    others = '; '.join(', '.join(r) for r in layouts[1:])
-    raise LayoutError(f'{first_error}\n  also accepted: {others}')
-
-
 @dataclass(frozen=True)
 class Sample:
     """One image/mask pair to write.
@@ -353,40 +331,6 @@ def assign_split(samples: Sequence[Sample], names: Set[str], split: str,
                    s.mask) for s in samples]
 
 
-def read_csv_pairs(tree: SourceTree, csv_path: str, split: str,
-                   image_col: str = 'image',
-                   label_col: str = 'label') -> List[Sample]:
-    """Samples listed by a CSV with image and label path columns.
-
-    Paths are relative to the CSV's folder (AutoGluon's benchmark layout).
-    """
-    text = tree.read(csv_path).decode('utf-8-sig')
-    rows = list(csv.DictReader(io.StringIO(text)))
-    if not rows or image_col not in rows[0] or label_col not in rows[0]:
-        cols = ', '.join(rows[0]) if rows else '(empty file)'
-        raise LayoutError(f'{csv_path} must have columns {image_col!r} and '
-                          f'{label_col!r}; found: {cols}.')
-    base = str(PurePosixPath(csv_path).parent)
-    base = '' if base == '.' else base + '/'
-    out, absent = [], []
-    for row in rows:
-        img = _join(base, row[image_col])
-        lab = _join(base, row[label_col])
-        for p in (img, lab):
-            if p not in tree:
-                absent.append(p)
-        out.append(Sample(split, stem(img), img, lab))
-    if absent:
-        raise LayoutError(f'{len(absent)} files listed in {csv_path} are '
-                          f'missing, e.g. {", ".join(absent[:5])}.')
-    return out
-
-
-def _join(base: str, rel: str) -> str:
-    return posixpath.normpath(
-        posixpath.join(base, rel.strip().replace('\\', '/')))
-
-
 # ----------------------------------------------------------------- masks ---
 def _to_grey(mask: np.ndarray, name: str) -> np.ndarray:
     """Collapse a grey, RGB(A) or boolean mask to one channel."""
@@ -445,23 +389,6 @@ def binary_mask_to_index(mask: np.ndarray,
             f'{shown}; {mid:.1%} of the pixels are far from 0 and 255). '
             'Class-index, colour and soft masks are not binary masks.')
     return (grey >= threshold).astype(np.uint8)
-
-
-def check_index_mask(mask: np.ndarray, num_classes: int, name: str,
-                     ignore_index: int = 255) -> np.ndarray:
-    """Check that a single-channel mask holds class indices only."""
-    mask = np.asarray(mask)
-    if mask.ndim != 2:
-        raise MaskValueError(
-            f'{name} has shape {mask.shape}; expected a single-channel '
-            'class-index mask (mode L or P).')
-    values = np.unique(mask)
-    bad = [int(v) for v in values if v >= num_classes and v != ignore_index]
-    if bad or (values.size and values.min() < 0):
-        raise MaskValueError(
-            f'{name} has values {bad or values.tolist()} outside the class '
-            f'indices 0..{num_classes - 1} (and {ignore_index} = ignore).')
-    return mask.astype(np.uint8)
 
 
 def decode_mask(data: bytes) -> np.ndarray:
@@ -653,10 +580,6 @@ def cli(description: str,
 
 
 # ------------------------------------------------- PraNet's polyp layout ---
-PRANET_TEST_SETS = ('Kvasir', 'CVC-ClinicDB', 'CVC-ColonDB',
-                    'ETIS-LaribPolypDB', 'CVC-300')
-
-
 def pranet_test_samples(tree: SourceTree, name: str,
                         split: str = 'test') -> List[Sample]:
     """Samples of PraNet's ``TestDataset/<name>/{images,masks}/*.png``.
@@ -676,7 +599,3 @@ def pranet_test_samples(tree: SourceTree, name: str,
                        f'{root}TestDataset/{name}/masks',
                        image_exts=('.png', ), mask_exts=('.png', ))
 
-
-def is_numeric_stem(s: str) -> bool:
-    """True for PraNet's CVC-ClinicDB names (``'1'``..``'612'``)."""
-    return re.fullmatch(r'\d+', s) is not None

@@ -22,14 +22,15 @@ Usage::
 
     python tools/dataset_converters/cod10k.py SRC -o data/cod10k
 """
-import os.path as osp
 import sys
+from pathlib import Path
 from typing import Dict, Optional, Sequence
 
-sys.path.insert(0, osp.dirname(osp.abspath(__file__)))  # for _common
-from _common import (JPEG_EXTS, Sample, SourceTree,  # noqa: E402
-                     binary_mask_to_index, cli, pair_folder, report, stem,
-                     write_dataset)
+if __name__ == '__main__' and not __package__:  # a script: import from the root, as -m does
+    sys.path[0] = str(Path(__file__).resolve().parents[2])
+from tools.dataset_converters._common import (JPEG_EXTS, Sample, SourceTree,  # noqa: E402
+                                              binary_mask_to_index, cli, pair_folder, report, stem,
+                                              write_dataset)
 
 EXPECTED = dict(train=3040, test=2026)
 CLASSES = ('background', 'camouflaged')

@@ -32,29 +32,53 @@ Usage::
     python tools/dataset_converters/cvc_clinicdb.py CVC-ClinicDB.zip \\
         -o data/cvc_clinicdb --split-file clinicdb_test.txt
 """
-import os.path as osp
+import re
 import sys
-from typing import Dict, Optional, Sequence
+from pathlib import Path
+from typing import Dict, Optional, Sequence, Tuple
 
-sys.path.insert(0, osp.dirname(osp.abspath(__file__)))  # for _common
-from _common import (ConversionError, LayoutError, SourceTree,  # noqa: E402
-                     assign_split, binary_mask_to_index, cli, is_numeric_stem,
-                     locate_first, pair_folder, pranet_test_samples,
-                     read_name_list, report, write_dataset)
+if __name__ == '__main__' and not __package__:  # a script: import from the root, as -m does
+    sys.path[0] = str(Path(__file__).resolve().parents[2])
+from tools.dataset_converters._common import (ConversionError, LayoutError,  # noqa: E402
+                                              SourceTree, assign_split, binary_mask_to_index, cli,
+                                              pair_folder, pranet_test_samples, read_name_list,
+                                              report, write_dataset)
 
 EXPECTED = dict(train=550, test=62)
 CLASSES = ('background', 'polyp')
 
 
+def _locate_first(tree: SourceTree, layouts: Sequence[Sequence[str]],
+                  dataset: str, hint: str = '') -> Tuple[str, int]:
+    """:meth:`SourceTree.locate` for the first of several accepted layouts.
+
+    Returns:
+        tuple[str, int]: The root and the index of the layout that matched.
+    """
+    first_error = None
+    for i, required in enumerate(layouts):
+        try:
+            return tree.locate(required, dataset, hint), i
+        except LayoutError as e:
+            first_error = first_error or e
+    others = '; '.join(', '.join(r) for r in layouts[1:])
+    raise LayoutError(f'{first_error}\n  also accepted: {others}')
+
+
+def _is_numeric_stem(s: str) -> bool:
+    """True for PraNet's CVC-ClinicDB names (``'1'``..``'612'``)."""
+    return re.fullmatch(r'\d+', s) is not None
+
+
 def _pranet_samples(tree: SourceTree):
-    root, which = locate_first(
+    root, which = _locate_first(
         tree, [('TrainDataset/images', 'TrainDataset/masks'),
                ('TrainDataset/image', 'TrainDataset/mask')],
         'PraNet TrainDataset')
     img, msk = ('images', 'masks') if which == 0 else ('image', 'mask')
     train = pair_folder(tree, 'train', f'{root}TrainDataset/{img}',
                         f'{root}TrainDataset/{msk}', image_exts=('.png', ),
-                        mask_exts=('.png', ), keep=is_numeric_stem)
+                        mask_exts=('.png', ), keep=_is_numeric_stem)
     return train + pranet_test_samples(tree, 'CVC-ClinicDB')
 
 

@@ -20,13 +20,14 @@ Usage::
 
     python tools/dataset_converters/etis.py PraNet/data -o data/etis
 """
-import os.path as osp
 import sys
+from pathlib import Path
 from typing import Dict, Optional, Sequence
 
-sys.path.insert(0, osp.dirname(osp.abspath(__file__)))  # for _common
-from _common import (SourceTree, binary_mask_to_index, cli,  # noqa: E402
-                     pranet_test_samples, report, write_dataset)
+if __name__ == '__main__' and not __package__:  # a script: import from the root, as -m does
+    sys.path[0] = str(Path(__file__).resolve().parents[2])
+from tools.dataset_converters._common import (SourceTree, binary_mask_to_index, cli,  # noqa: E402
+                                              pranet_test_samples, report, write_dataset)
 
 EXPECTED = dict(test=196)
 CLASSES = ('background', 'polyp')

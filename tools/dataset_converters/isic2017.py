@@ -23,13 +23,15 @@ Usage::
 
     python tools/dataset_converters/isic2017.py SRC -o data/isic2017
 """
-import os.path as osp
 import sys
+from pathlib import Path
 from typing import Dict, Optional, Sequence
 
-sys.path.insert(0, osp.dirname(osp.abspath(__file__)))  # for _common
-from _common import (JPEG_EXTS, SourceTree, binary_mask_to_index,  # noqa: E402
-                     cli, pair_folder, report, write_dataset)
+if __name__ == '__main__' and not __package__:  # a script: import from the root, as -m does
+    sys.path[0] = str(Path(__file__).resolve().parents[2])
+from tools.dataset_converters._common import (JPEG_EXTS, SourceTree,  # noqa: E402
+                                              binary_mask_to_index, cli, pair_folder, report,
+                                              write_dataset)
 
 SPLITS = {
     'train': ('ISIC-2017_Training_Data',

@@ -26,14 +26,15 @@ Usage::
     python tools/dataset_converters/kvasir.py SRC -o data/kvasir_seg \\
         --split-file PraNet/data/TestDataset/Kvasir/images
 """
-import os.path as osp
 import sys
+from pathlib import Path
 from typing import Dict, Optional, Sequence
 
-sys.path.insert(0, osp.dirname(osp.abspath(__file__)))  # for _common
-from _common import (JPEG_EXTS, ConversionError, SourceTree,  # noqa: E402
-                     assign_split, binary_mask_to_index, cli, pair_folder,
-                     read_name_list, report, write_dataset)
+if __name__ == '__main__' and not __package__:  # a script: import from the root, as -m does
+    sys.path[0] = str(Path(__file__).resolve().parents[2])
+from tools.dataset_converters._common import (JPEG_EXTS, ConversionError, SourceTree,  # noqa: E402
+                                              assign_split, binary_mask_to_index, cli, pair_folder,
+                                              read_name_list, report, write_dataset)
 
 EXPECTED = dict(train=900, test=100)
 CLASSES = ('background', 'polyp')

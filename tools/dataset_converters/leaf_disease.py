@@ -19,18 +19,55 @@ Usage::
 
     python tools/dataset_converters/leaf_disease.py SRC -o data/leaf_disease
 """
-import os.path as osp
+import csv
+import io
+import posixpath
 import sys
-from pathlib import PurePosixPath
-from typing import Dict, Optional, Sequence
+from pathlib import Path, PurePosixPath
+from typing import Dict, List, Optional, Sequence
 
-sys.path.insert(0, osp.dirname(osp.abspath(__file__)))  # for _common
-from _common import (LayoutError, SourceTree,  # noqa: E402
-                     binary_mask_to_index, cli, read_csv_pairs, report,
-                     write_dataset)
+if __name__ == '__main__' and not __package__:  # a script: import from the root, as -m does
+    sys.path[0] = str(Path(__file__).resolve().parents[2])
+from tools.dataset_converters._common import (LayoutError, Sample, SourceTree,  # noqa: E402
+                                              binary_mask_to_index, cli, report, stem,
+                                              write_dataset)
 
 SPLITS = ('train', 'val', 'test')
 CLASSES = ('background', 'disease')
+
+
+def _read_csv_pairs(tree: SourceTree, csv_path: str, split: str,
+                    image_col: str = 'image',
+                    label_col: str = 'label') -> List[Sample]:
+    """Samples listed by a CSV with image and label path columns.
+
+    Paths are relative to the CSV's folder (AutoGluon's benchmark layout).
+    """
+    text = tree.read(csv_path).decode('utf-8-sig')
+    rows = list(csv.DictReader(io.StringIO(text)))
+    if not rows or image_col not in rows[0] or label_col not in rows[0]:
+        cols = ', '.join(rows[0]) if rows else '(empty file)'
+        raise LayoutError(f'{csv_path} must have columns {image_col!r} and '
+                          f'{label_col!r}; found: {cols}.')
+    base = str(PurePosixPath(csv_path).parent)
+    base = '' if base == '.' else base + '/'
+    out, absent = [], []
+    for row in rows:
+        img = _join(base, row[image_col])
+        lab = _join(base, row[label_col])
+        for p in (img, lab):
+            if p not in tree:
+                absent.append(p)
+        out.append(Sample(split, stem(img), img, lab))
+    if absent:
+        raise LayoutError(f'{len(absent)} files listed in {csv_path} are '
+                          f'missing, e.g. {", ".join(absent[:5])}.')
+    return out
+
+
+def _join(base: str, rel: str) -> str:
+    return posixpath.normpath(
+        posixpath.join(base, rel.strip().replace('\\', '/')))
 
 
 def _find_root(tree: SourceTree) -> str:
@@ -60,7 +97,7 @@ def convert(src, out_dir, overwrite: bool = False) -> Dict[str, Dict]:
     root = _find_root(tree)
     samples = []
     for split in SPLITS:
-        samples += read_csv_pairs(tree, f'{root}{split}.csv', split)
+        samples += _read_csv_pairs(tree, f'{root}{split}.csv', split)
     stats = write_dataset(tree, samples, out_dir, img_ext='.jpg',
                           mask_fn=binary_mask_to_index, overwrite=overwrite,
                           dataset='leaf disease')

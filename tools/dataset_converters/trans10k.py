@@ -33,16 +33,17 @@ Usage::
 
     python tools/dataset_converters/trans10k.py SRC -o data/trans10k_v2
 """
-import os.path as osp
 import sys
+from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-sys.path.insert(0, osp.dirname(osp.abspath(__file__)))  # for _common
-from _common import (JPEG_EXTS, ConversionError, MaskValueError,  # noqa: E402
-                     Sample, SourceTree, check_index_mask, cli, pair_folder,
-                     report, write_dataset)
+if __name__ == '__main__' and not __package__:  # a script: import from the root, as -m does
+    sys.path[0] = str(Path(__file__).resolve().parents[2])
+from tools.dataset_converters._common import (JPEG_EXTS, ConversionError,  # noqa: E402
+                                              MaskValueError, Sample, SourceTree, cli, pair_folder,
+                                              report, write_dataset)
 
 SPLITS = {'train': 'train', 'val': 'validation', 'test': 'test'}
 EXPECTED = dict(train=5000, val=1000, test=4428)
@@ -72,9 +73,22 @@ def v1_mask_to_index(mask: np.ndarray, name: str) -> np.ndarray:
     return out
 
 
-def v2_mask_to_index(mask: np.ndarray, name: str) -> np.ndarray:
-    """Check a Trans10K v2 class-index mask (values 0..11)."""
-    return check_index_mask(mask, len(V2_CLASSES), name)
+def v2_mask_to_index(mask: np.ndarray, name: str,
+                     ignore_index: int = 255) -> np.ndarray:
+    """Check a Trans10K v2 class-index mask (values 0..11, or ``ignore_index``)."""
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise MaskValueError(
+            f'{name} has shape {mask.shape}; expected a single-channel '
+            'class-index mask (mode L or P).')
+    num_classes = len(V2_CLASSES)
+    values = np.unique(mask)
+    bad = [int(v) for v in values if v >= num_classes and v != ignore_index]
+    if bad or (values.size and values.min() < 0):
+        raise MaskValueError(
+            f'{name} has values {bad or values.tolist()} outside the class '
+            f'indices 0..{num_classes - 1} (and {ignore_index} = ignore).')
+    return mask.astype(np.uint8)
 
 
 def _v1_samples(tree: SourceTree, root: str):

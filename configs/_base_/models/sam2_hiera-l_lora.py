@@ -1,6 +1,6 @@
 # SAM2LoRA: SAM 2.1 Hiera-L image encoder (frozen) with LoRA on every trunk
 # qkv, and the prompt-free SAM2 mask decoder (frozen) with LoRA on every
-# attention linear of its two-way transformer; alpha = 2 * rank, dropout 0.1;
+# attention linear of its two-way transformer; lora_alpha = 2 * rank, dropout 0.1;
 # BCE + SoftDice + FocalTversky with equal weights. Put the official
 # checkpoint at checkpoints/sam2.1_hiera_large.pt (see docs/sam2lora.md) or
 # override both `checkpoint`s.
@@ -20,7 +20,7 @@ model = dict(
         type='SAM2Hiera',
         arch='hiera-l',
         checkpoint=sam2_checkpoint,
-        adapter=dict(type='LoRA', rank=64, alpha=128, dropout=0.1)),
+        adapter=dict(type='LoRA', rank=64, lora_alpha=128, dropout=0.1)),
     decode_head=dict(
         type='SAM2MaskDecoderHead',
         in_channels=256,
@@ -29,7 +29,7 @@ model = dict(
         out_channels=1,
         threshold=0.5,
         checkpoint=sam2_checkpoint,
-        decoder_adapter=dict(type='LoRA', rank=64, alpha=128, dropout=0.1),
+        decoder_adapter=dict(type='LoRA', rank=64, lora_alpha=128, dropout=0.1),
         freeze_decoder=True,
         loss_decode=[
             dict(type='CrossEntropyLoss', use_sigmoid=True, avg_non_ignore=True,

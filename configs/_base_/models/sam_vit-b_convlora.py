@@ -22,7 +22,7 @@ model = dict(
         checkpoint=sam_checkpoint,
         # mask_padding=False: AutoGluon's code runs the experts on the padded
         # windows (64x64 tokens in windows of 14 at 1024x1024); True keeps them out.
-        adapter=dict(type='ConvLoRA', rank=3, alpha=32, num_experts=8, mask_padding=False)),
+        adapter=dict(type='ConvLoRA', rank=3, lora_alpha=32, num_experts=8, mask_padding=False)),
     decode_head=dict(
         type='SAMMaskDecoderHead',
         in_channels=256,

@@ -18,7 +18,7 @@ model = dict(
         arch='b',
         img_size=1024,
         checkpoint=sam_checkpoint,
-        adapter=dict(type='LoRA', rank=3, alpha=32)),
+        adapter=dict(type='LoRA', rank=3, lora_alpha=32)),
     decode_head=dict(
         type='SAMMaskDecoderHead',
         in_channels=256,

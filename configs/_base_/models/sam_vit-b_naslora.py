@@ -23,7 +23,7 @@ model = dict(
         arch='b',
         img_size=1024,
         checkpoint=sam_checkpoint,
-        adapter=dict(type='NASLoRA', rank=3, alpha=32, op_variant='darts')),
+        adapter=dict(type='NASLoRA', rank=3, lora_alpha=32, op_variant='darts')),
     decode_head=dict(
         type='SAMMaskDecoderHead',
         in_channels=256,

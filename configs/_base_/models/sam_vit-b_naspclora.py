@@ -22,7 +22,7 @@ model = dict(
         arch='b',
         img_size=1024,
         checkpoint=sam_checkpoint,
-        adapter=dict(type='NASPCLoRA', rank=3, alpha=32, pc_ratio=2 / 3)),
+        adapter=dict(type='NASPCLoRA', rank=3, lora_alpha=32, pc_ratio=2 / 3)),
     decode_head=dict(
         type='SAMMaskDecoderHead',
         in_channels=256,

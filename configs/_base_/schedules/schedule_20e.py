@@ -21,4 +21,11 @@ default_hooks = dict(
     checkpoint=dict(type='CheckpointHook', by_epoch=True, interval=2, max_keep_ckpts=2,
                     save_best='auto'),
     sampler_seed=dict(type='DistSamplerSeedHook'),
-    visualization=dict(type='SegVisualizationHook'))
+    visualization=dict(type='SegVisualizationHook'),
+    # Safety hooks (mmseg_naslora/engine/reliability_defaults.py), so stock runners get them.
+    work_dir_guard=dict(type='WorkDirGuardHook'),
+    startup_check=dict(type='StartupCheckHook', num_samples=8),
+    nonfinite_loss=dict(type='NonFiniteLossHook'),
+    adapter_checkpoint=dict(type='AdapterCheckpointHook'),
+    resume_lr=dict(type='ResumeLrHook'),
+)

@@ -15,4 +15,11 @@ default_hooks = dict(
     param_scheduler=dict(type='ParamSchedulerHook'),
     checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=150, max_keep_ckpts=1),
     sampler_seed=dict(type='DistSamplerSeedHook'),
-    visualization=dict(type='SegVisualizationHook'))
+    visualization=dict(type='SegVisualizationHook'),
+    # Safety hooks (mmseg_naslora/engine/reliability_defaults.py), so stock runners get them.
+    work_dir_guard=dict(type='WorkDirGuardHook'),
+    startup_check=dict(type='StartupCheckHook', num_samples=8),
+    nonfinite_loss=dict(type='NonFiniteLossHook'),
+    adapter_checkpoint=dict(type='AdapterCheckpointHook'),
+    resume_lr=dict(type='ResumeLrHook'),
+)

@@ -26,14 +26,22 @@ param_scheduler = dict(
 train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=40, val_interval=2)
 val_cfg = dict(type='ValLoop')
 test_cfg = dict(type='TestLoop')
+# Method configs set checkpoint.save_best to their dataset's metric.
 default_hooks = dict(
     timer=dict(type='IterTimerHook'),
     logger=dict(type='LoggerHook', interval=50, log_metric_by_epoch=True),
     param_scheduler=dict(type='ParamSchedulerHook'),
     checkpoint=dict(type='CheckpointHook', by_epoch=True, interval=5, max_keep_ckpts=2,
-                    save_best='Jaccard', rule='greater'),
+                    save_best='auto'),
     sampler_seed=dict(type='DistSamplerSeedHook'),
-    visualization=dict(type='SegVisualizationHook'))
+    visualization=dict(type='SegVisualizationHook'),
+    # Safety hooks (mmseg_naslora/engine/reliability_defaults.py), so stock runners get them.
+    work_dir_guard=dict(type='WorkDirGuardHook'),
+    startup_check=dict(type='StartupCheckHook', num_samples=8),
+    nonfinite_loss=dict(type='NonFiniteLossHook'),
+    adapter_checkpoint=dict(type='AdapterCheckpointHook'),
+    resume_lr=dict(type='ResumeLrHook'),
+)
 # T_B = warmup: epochs of stage 1. Add freeze_after=N for a final α freeze.
 custom_hooks = [
     dict(type='NASStageHook', warmup=10, by_epoch=True),

@@ -20,7 +20,7 @@ model = dict(
     backbone=dict(
         type='AdaptedBackbone',
         checkpoint='pretrain/beit_base_patch16_224_pt22k_ft22k.pth',
-        adapter=dict(type='LoRA', rank=3, alpha=32),
+        adapter=dict(type='LoRA', rank=3, lora_alpha=32),
         backbone=dict(
             type='BEiT',
             img_size=(512, 512),

@@ -21,7 +21,7 @@ model = dict(
     backbone=dict(
         type='AdaptedBackbone',
         checkpoint='pretrain/mae_pretrain_vit_base_mmcls.pth',
-        adapter=dict(type='LoRA', rank=3, alpha=32),
+        adapter=dict(type='LoRA', rank=3, lora_alpha=32),
         backbone=dict(
             type='MAE',
             img_size=(512, 512),

@@ -19,7 +19,7 @@ model = dict(
     backbone=dict(
         type='AdaptedBackbone',
         checkpoint='pretrain/vit_base_patch16_224.pth',
-        adapter=dict(type='LoRA', rank=3, alpha=32),
+        adapter=dict(type='LoRA', rank=3, lora_alpha=32),
         backbone=dict(
             type='VisionTransformer',
             img_size=(512, 512),

@@ -15,7 +15,7 @@ from ...utils.model import unwrap_model
 
 
 def _segmentor(runner):
-    """The segmentor of ``runner`` (inside a DDP wrapper or a ``SegTTAModel`` too)."""
+    """The segmentor of ``runner`` (inside a DDP wrapper or a TTA model too)."""
     model = unwrap_model(runner.model)
     if not hasattr(model, 'backbone') and hasattr(model, 'module'):
         model = model.module
@@ -53,7 +53,7 @@ def adapter_file_checkpoint(runner, path: str, strict: Optional[bool] = None) ->
     metadata = load_adapter_file(model, path, runner.cfg.model, strict=strict)
     print_log(f'AdapterCheckpointHook: loaded adapters from {path} onto the base '
               'weights of the config', logger='current')
-    # mmengine loads into the unwrapped runner.model (SegTTAModel included).
+    # mmengine loads into the unwrapped runner.model (a TTA model included).
     state = unwrap_model(runner.model).state_dict()
     return dict(state_dict=state,
                 meta=dict(adapter_file=path, adapter_metadata=metadata, adapters_loaded=True,
@@ -132,7 +132,7 @@ class AdapterCheckpointHook(Hook):
         return unwrap_model(runner.model)
 
     def _model(self, runner):
-        """The segmentor itself (inside a ``SegTTAModel`` too)."""
+        """The segmentor itself (inside a TTA model too)."""
         return _segmentor(runner)
 
     # Saving ---------------------------------------------------------------

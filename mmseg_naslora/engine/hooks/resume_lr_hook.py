@@ -80,9 +80,9 @@ class ResumeLrHook(Hook):
         stamped = (checkpoint.get('meta') or {}).get('adapter_cfg')
         if stamped is None:
             return False
-        from ...models.utils.adapter_io import describe_model
-        own = describe_model(runner.cfg.model)
-        return any(stamped.get(k) != v for k, v in own.items())
+        from ...models.utils.adapter_io import describe_model, description_diff
+        # By meaning, as AdapterCheckpointHook compares (e.g. alpha is lora_alpha).
+        return bool(description_diff(stamped, describe_model(runner.cfg.model)))
 
     @staticmethod
     def _apply(name, fresh_groups: List[dict], saved_groups: List[dict],

@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 from mmseg.registry import MODELS
 
-from .lora import BottleneckMap, LoRA
+from .lora import BottleneckMap, LoRA, accepts_deprecated_alpha
 from .ops import pad_kernel
 
 
@@ -20,7 +20,8 @@ class ConvBottleneckLoRA(LoRA):
     Args:
         base_layer (nn.Linear): The frozen layer to adapt.
         rank (int): Bottleneck rank r. Defaults to 3.
-        alpha (float): LoRA scaling numerator (scale alpha / r). Defaults to 32.
+        lora_alpha (float): LoRA scaling numerator (scale lora_alpha / r).
+            Defaults to 32.
         dropout (float): Dropout on the branch output. Defaults to 0.
         kernel_size (int): Odd conv kernel side. Defaults to 3.
         bias (bool): Give the conv a bias (a collapsed BN shift). Defaults to False.
@@ -28,15 +29,16 @@ class ConvBottleneckLoRA(LoRA):
             (see :class:`LoRA`). Defaults to True.
     """
 
+    @accepts_deprecated_alpha
     def __init__(self,
                  base_layer: nn.Linear,
                  rank: int = 3,
-                 alpha: float = 32.,
+                 lora_alpha: float = 32.,
                  dropout: float = 0.,
                  kernel_size: int = 3,
                  bias: bool = False,
                  mask_padding: bool = True) -> None:
-        super().__init__(base_layer, rank=rank, alpha=alpha, dropout=dropout)
+        super().__init__(base_layer, rank=rank, lora_alpha=lora_alpha, dropout=dropout)
         if int(kernel_size) != kernel_size or kernel_size < 1 \
                 or kernel_size % 2 == 0:
             raise ValueError('ConvBottleneckLoRA kernel_size must be an odd '

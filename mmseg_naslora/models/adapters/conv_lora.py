@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from mmseg.registry import MODELS
 
-from .lora import LoRA
+from .lora import LoRA, accepts_deprecated_alpha
 
 
 @MODELS.register_module()
@@ -22,31 +22,19 @@ class ConvLoRA(LoRA):
     """LoRA whose bottleneck adds a mixture of conv experts: ``z' = z + E_k(z)``.
 
     ``out = W0·x + s·B(z + E_k(z))`` with ``z = A·x`` on the token grid, so in
-    SAM's windowed blocks everything below runs per window (each window is a
-    sample for the gate and the experts).
+    SAM's windowed blocks each window is one sample for the gate and the
+    experts. Expert ``i`` resizes ``z`` by ``scales[i]`` (bicubic), applies
+    ``Conv2d(r, r, 3)`` and GELU, and resizes back; Shazeer's noisy top-k gate
+    on the pooled ``z`` routes each sample to its experts, and only those are
+    computed. The load-balancing loss of the last forward is kept in
+    :attr:`aux_loss`; :func:`collect_aux_losses` sums it over a model for the
+    segmentor's ``loss_moe``. As in the reference the expert outputs are not
+    scaled by the gate value (``multiply_by_gates=False``), so with top-1 only
+    ``loss_moe`` trains the gate. The gate, the balance loss and why
+    ``loss_moe`` must reach the optimiser: ``docs/conv_lora_and_losses.md``.
 
-    * Expert ``i`` (scale ``scales[i]``, by default ``1..num_experts``) resizes
-      ``z`` by its scale with bicubic interpolation (none for scale 1), applies
-      ``Conv2d(r, r, 3, padding=1)`` (bias initialised to 0) and GELU, and
-      resizes back to ``(h, w)``.
-    * The gate is the noisy top-k gate on the global-average-pooled ``z``:
-      ``logits = z̄·w_gate (+ randn·(softplus(z̄·w_noise) + noise_epsilon)`` in
-      training only); ``w_gate`` and ``w_noise`` start at zero. Each sample is
-      dispatched to its chosen experts, and only those are computed on it.
-    * Load balancing: ``loss_coef·(CV²(importance) + CV²(load))`` with
-      ``CV²(x) = var(x) / (mean(x)² + 1e-10)``, ``var`` unbiased (N-1, as
-      ``Tensor.var()`` in the reference), ``importance = Σ_samples gates`` and,
-      in training, ``load = Σ_samples P(expert in top-k)`` from the Normal CDF
-      (Shazeer's ``_prob_in_top_k``); without noise (evaluation) ``load`` is the
-      per-expert sample count, as in the reference. The loss of the last
-      forward is kept in :attr:`aux_loss`; :func:`collect_aux_losses` sums it
-      over a model so the segmentor can add it as ``loss_moe``.
-
-    Code behaviour kept on purpose: the expert outputs are **not** scaled by
-    the gate value (``multiply_by_gates=False``). With top-1 the gate value is
-    ``softmax`` of a single logit, i.e. the constant 1, so the task loss gives
-    ``w_gate``/``w_noise`` no gradient at all; only the balance loss trains the
-    gate, through the differentiable ``load``.
+    It is not linear (gated GELU experts), so it neither merges into ``W0``
+    nor collapses: :meth:`bottleneck_map` is None.
 
     Deviations from the reference, none of which changes the top-1 forward:
 
@@ -65,14 +53,11 @@ class ConvLoRA(LoRA):
       part alone, as on the unpadded grid. The reference runs on the padded
       windows; ``mask_padding=False`` reproduces it.
 
-    It is not linear (gated GELU experts), so it neither merges into ``W0``
-    nor collapses: :meth:`bottleneck_map` is None.
-
     Args:
         base_layer (nn.Linear): The frozen layer to adapt.
         rank (int): Bottleneck rank r. Defaults to 3.
-        alpha (float): Scaling numerator (update scaled by alpha / r).
-            Defaults to 32.
+        lora_alpha (float): Scaling numerator (update scaled by
+            lora_alpha / r). Defaults to 32.
         dropout (float): Dropout on the LoRA branch output. Defaults to 0.
         num_experts (int): Number of conv experts. Defaults to 8.
         scales (Sequence[float], optional): Resize factor of each expert; must
@@ -91,10 +76,11 @@ class ConvLoRA(LoRA):
             the experts (see :class:`LoRA`). Defaults to True.
     """
 
+    @accepts_deprecated_alpha
     def __init__(self,
                  base_layer: nn.Linear,
                  rank: int = 3,
-                 alpha: float = 32.,
+                 lora_alpha: float = 32.,
                  dropout: float = 0.,
                  num_experts: int = 8,
                  scales: Optional[Sequence[float]] = None,
@@ -104,7 +90,7 @@ class ConvLoRA(LoRA):
                  noise_epsilon: float = 1e-2,
                  multiply_by_gates: bool = False,
                  mask_padding: bool = True) -> None:
-        super().__init__(base_layer, rank=rank, alpha=alpha, dropout=dropout)
+        super().__init__(base_layer, rank=rank, lora_alpha=lora_alpha, dropout=dropout)
         if int(num_experts) != num_experts or num_experts < 1:
             raise ValueError(f'ConvLoRA num_experts must be an integer >= 1, '
                              f'got {num_experts}.')

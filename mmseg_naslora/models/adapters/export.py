@@ -134,10 +134,10 @@ def _topk(model: nn.Module, adapters: List[Tuple[str, LoRA]], common: dict,
 
 
 def _common_args(adapters: List[Tuple[str, LoRA]]) -> dict:
-    """rank/alpha/dropout shared by all adapters (one config builds them)."""
+    """rank/lora_alpha/dropout shared by all adapters (one config builds them)."""
     found = {}
     for name, adapter in adapters:
-        args = dict(rank=adapter.rank, alpha=adapter.scaling * adapter.rank,
+        args = dict(rank=adapter.rank, lora_alpha=adapter.scaling * adapter.rank,
                     dropout=getattr(adapter.dropout, 'p', 0.))
         if found and args != found:
             raise ValueError(f'adapter {name} has {args}, unlike {found} of '

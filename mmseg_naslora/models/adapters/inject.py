@@ -14,6 +14,14 @@ from mmseg.registry import MODELS
 from .lora import LoRA
 
 
+def check_adapter_blocks(blocks: Optional[Sequence[int]]) -> None:
+    """Refuse ``adapter_blocks=[]``, which would adapt nothing; None means all blocks."""
+    if blocks is not None and len(blocks) == 0:
+        raise ValueError('adapter_blocks=[] is an empty list, so no block would get an '
+                         'adapter; list the block indices to adapt, e.g. [0, 1, 2, 3], '
+                         'or use adapter_blocks=None for all blocks.')
+
+
 def inject_adapters(model: nn.Module,
                     adapter_cfg: dict,
                     target: str = r'(^|\.)qkv$',
@@ -24,7 +32,7 @@ def inject_adapters(model: nn.Module,
     Args:
         model (nn.Module): Model to modify in place.
         adapter_cfg (dict): Registry config of the adapter, e.g.
-            ``dict(type='LoRA', rank=3, alpha=32)``; ``base_layer`` is filled in.
+            ``dict(type='LoRA', rank=3, lora_alpha=32)``; ``base_layer`` is filled in.
         target (str): Regular expression searched in each module name.
         blocks (Sequence[int], optional): Only adapt modules inside these block
             indices (read from the name with ``block_pattern``). None adapts all.
@@ -36,14 +44,11 @@ def inject_adapters(model: nn.Module,
     """
     if 'type' not in adapter_cfg:
         raise KeyError(f'adapter config {adapter_cfg} has no `type`; use e.g. '
-                       "dict(type='LoRA', rank=3, alpha=32).")
+                       "dict(type='LoRA', rank=3, lora_alpha=32).")
     candidates = [(name, module) for name, module in model.named_modules()
                   if re.search(target, name) and isinstance(module, nn.Linear)]
     if blocks is not None:
-        if len(blocks) == 0:
-            raise ValueError('adapter_blocks=[] is an empty list, so no block would get an '
-                             'adapter; list the block indices to adapt, e.g. [0, 1, 2, 3], '
-                             'or use adapter_blocks=None for all blocks.')
+        check_adapter_blocks(blocks)
         wanted = {int(b) for b in blocks}
         found = {_block_index(name, block_pattern) for name, _ in candidates}
         unknown = wanted - found

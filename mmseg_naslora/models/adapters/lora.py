@@ -11,12 +11,55 @@ Every bottleneck that is linear says so through :meth:`LoRA.bottleneck_map`
 (:meth:`LoRA.merge`, ``tools/export.py --mode fold``) and collapsing into one
 convolution (``--mode collapse``) are both read off that map.
 """
+import functools
 import math
-from typing import List, NamedTuple, Optional, Tuple
+import warnings
+from typing import Any, Callable, List, Mapping, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn as nn
 from mmseg.registry import MODELS
+
+
+def rename_deprecated_alpha(cfg: Mapping[str, Any], owner: str = 'LoRA') -> dict:
+    """A copy of ``cfg`` whose ``alpha`` (the old name of ``lora_alpha``) is renamed.
+
+    Args:
+        cfg (Mapping): Adapter keyword arguments or config.
+        owner (str): What ``cfg`` belongs to, for the error message.
+
+    Raises:
+        ValueError: ``cfg`` has both ``alpha`` and ``lora_alpha``.
+    """
+    cfg = dict(cfg)
+    if 'alpha' not in cfg:
+        return cfg
+    if 'lora_alpha' in cfg:
+        raise ValueError(
+            f"{owner} got both lora_alpha={cfg['lora_alpha']} and alpha={cfg['alpha']}; "
+            '`alpha` is the deprecated name of `lora_alpha`, give only `lora_alpha`. A '
+            'config that sets `alpha` over a _base_ adapter with `lora_alpha` has both: '
+            'rename its `alpha` to `lora_alpha`.')
+    cfg['lora_alpha'] = cfg.pop('alpha')
+    return cfg
+
+
+def accepts_deprecated_alpha(init: Callable) -> Callable:
+    """Let an adapter ``__init__`` take ``alpha=`` as ``lora_alpha=``, with a FutureWarning."""
+
+    @functools.wraps(init)  # keeps the signature that adapter_io reads defaults from
+    def wrapper(self, *args, **kwargs) -> None:
+        if 'alpha' in kwargs:
+            owner = type(self).__name__
+            kwargs = rename_deprecated_alpha(kwargs, owner)
+            # FutureWarning (shown by default, once per call site): configs are
+            # written by users, whom a hidden DeprecationWarning would not reach.
+            warnings.warn(f'{owner}: `alpha` is deprecated, use `lora_alpha` (the LoRA '
+                          'scaling numerator, named as in peft); `alpha` will be removed.',
+                          FutureWarning, stacklevel=2)
+        init(self, *args, **kwargs)
+
+    return wrapper
 
 
 class BottleneckMap(NamedTuple):
@@ -45,8 +88,8 @@ class LoRA(nn.Module):
     """Low-rank adaptation ``h = W0·x + s·B(A·x)`` of a frozen ``nn.Linear``.
 
     Hu et al., "LoRA: Low-Rank Adaptation of Large Language Models", ICLR 2022.
-    ``A`` is Kaiming-uniform and ``B`` zero, so the wrapped layer starts out
-    exactly equal to the base layer.
+    ``A`` is Kaiming-uniform (as in peft; ``init_a``) and ``B`` zero, so the
+    wrapped layer starts out exactly equal to the base layer.
 
     The input keeps its token-grid shape ``(N, H, W, C)`` (SAM ViT windows or
     global grids); a flat ``(N, L, C)`` input is viewed as a grid of
@@ -67,33 +110,43 @@ class LoRA(nn.Module):
     Args:
         base_layer (nn.Linear): The frozen layer to adapt (e.g. a fused qkv).
         rank (int): Bottleneck rank r. Defaults to 3.
-        alpha (float): Scaling numerator; the update is scaled by alpha / r.
-            Defaults to 32.
+        lora_alpha (float): Scaling numerator; the update is scaled by
+            lora_alpha / r. Defaults to 32. ``alpha``, its old name, is still
+            accepted with a FutureWarning (in every adapter of this family).
         dropout (float): Dropout on the LoRA branch output. Defaults to 0.
+        init_a (str): How ``A`` is drawn: ``'kaiming'`` (Kaiming-uniform with
+            ``a=√5``, standard deviation ``1/√(3·in)``, as peft) or ``'randn'``
+            (``N(0, 1/r)``, as the SAM2LoRA reference code). Defaults to
+            ``'kaiming'``.
     """
 
+    @accepts_deprecated_alpha
     def __init__(self,
                  base_layer: nn.Linear,
                  rank: int = 3,
-                 alpha: float = 32.,
-                 dropout: float = 0.) -> None:
+                 lora_alpha: float = 32.,
+                 dropout: float = 0.,
+                 init_a: str = 'kaiming') -> None:
         super().__init__()
         if not isinstance(base_layer, nn.Linear):
             raise TypeError(f'{type(self).__name__} adapts nn.Linear layers, '
                             f'got {type(base_layer).__name__}.')
         if int(rank) != rank or rank < 1:
             raise ValueError(f'LoRA rank must be an integer >= 1, got {rank}.')
-        if not math.isfinite(float(alpha)) or float(alpha) == 0:
-            # s = alpha / r scales the update and both its gradients: with 0
+        if not math.isfinite(float(lora_alpha)) or float(lora_alpha) == 0:
+            # s = lora_alpha / r scales the update and both its gradients: with 0
             # the adapter output and its gradients are zero, so it never trains.
-            raise ValueError(f'LoRA alpha must be a finite non-zero number (the update '
-                             f'is scaled by alpha / rank), got {alpha}; the usual value '
-                             'is alpha=32.')
+            raise ValueError(f'LoRA lora_alpha must be a finite non-zero number (the '
+                             f'update is scaled by lora_alpha / rank), got {lora_alpha}; '
+                             'the usual value is lora_alpha=32.')
         if not 0 <= float(dropout) < 1:
             raise ValueError(f'LoRA dropout must be in [0, 1), got {dropout}.')
+        if init_a not in ('kaiming', 'randn'):
+            raise ValueError(f"LoRA init_a must be 'kaiming' or 'randn', got {init_a!r}.")
+        self.init_a = init_a
         self.base_layer = base_layer
         self.rank = int(rank)
-        self.scaling = float(alpha) / self.rank
+        self.scaling = float(lora_alpha) / self.rank
         self.lora_A = nn.Linear(base_layer.in_features, self.rank, bias=False)
         self.lora_B = nn.Linear(self.rank, base_layer.out_features, bias=False)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
@@ -104,7 +157,10 @@ class LoRA(nn.Module):
         base_layer.requires_grad_(False)
 
     def reset_parameters(self) -> None:
-        nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
+        if self.init_a == 'randn':
+            nn.init.normal_(self.lora_A.weight, std=1 / math.sqrt(self.rank))
+        else:
+            nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
         nn.init.zeros_(self.lora_B.weight)
 
     @property

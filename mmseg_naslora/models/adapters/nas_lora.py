@@ -24,7 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from mmseg.registry import MODELS
 
-from .lora import BottleneckMap, LoRA
+from .lora import BottleneckMap, LoRA, accepts_deprecated_alpha
 from .ops import (CANDIDATE_OPS, OP_VARIANTS, PRIMITIVES, CandidateOp, Zero, build_op,
                   pad_kernel, registered_ops)
 
@@ -81,7 +81,8 @@ class NASLoRA(LoRA):
     Args:
         base_layer (nn.Linear): The frozen layer to adapt.
         rank (int): Bottleneck rank r. Defaults to 3.
-        alpha (float): LoRA scaling numerator (scale alpha / r). Defaults to 32.
+        lora_alpha (float): LoRA scaling numerator (scale lora_alpha / r).
+            Defaults to 32.
         dropout (float): Dropout on the branch output. Defaults to 0.
         primitives (Sequence[str]): Candidate op names in
             :data:`~.ops.CANDIDATE_OPS` (the DARTS eight are
@@ -110,10 +111,11 @@ class NASLoRA(LoRA):
             (written by ``tools/export.py --mode topk``). Defaults to None.
     """
 
+    @accepts_deprecated_alpha
     def __init__(self,
                  base_layer: nn.Linear,
                  rank: int = 3,
-                 alpha: float = 32.,
+                 lora_alpha: float = 32.,
                  dropout: float = 0.,
                  primitives: Sequence[str] = PRIMITIVES,
                  op_variant: str = 'darts',
@@ -125,7 +127,7 @@ class NASLoRA(LoRA):
                  mask_padding: bool = True,
                  layer_primitives: Optional[Sequence[Sequence[str]]] = None
                  ) -> None:
-        super().__init__(base_layer, rank=rank, alpha=alpha, dropout=dropout)
+        super().__init__(base_layer, rank=rank, lora_alpha=lora_alpha, dropout=dropout)
         if op_variant not in OP_VARIANTS:
             raise ValueError(f'NASLoRA op_variant must be one of '
                              f'{list(OP_VARIANTS)}, got {op_variant!r}.')

@@ -149,7 +149,7 @@ class AdaptedBackbone(BaseModule):
             ``BEiT``, ``MAE``). Put pretrained weights in :attr:`checkpoint`,
             not in its ``pretrained``/``init_cfg``.
         adapter (dict, optional): Adapter config, e.g. ``dict(type='LoRA',
-            rank=3, alpha=32)``. None trains nothing in the backbone (the
+            rank=3, lora_alpha=32)``. None trains nothing in the backbone (the
             conversions still happen, so the state-dict layout is the same).
         adapter_blocks (Sequence[int], optional): Indices into the backbone's
             ``layers`` to adapt; all if None.

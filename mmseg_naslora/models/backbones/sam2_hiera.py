@@ -1,20 +1,16 @@
 """SAM2's Hiera image encoder as a frozen mmseg backbone with adapters."""
 import math
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
-import torch.utils.checkpoint as cp
-from mmengine.logging import print_log
-from mmengine.model import BaseModule
 from mmseg.registry import MODELS
 from sam2.modeling.backbones.hieradet import Hiera
 from sam2.modeling.backbones.image_encoder import FpnNeck, ImageEncoder
 from sam2.modeling.position_encoding import PositionEmbeddingSine
 from torch.nn.init import trunc_normal_
 
-from ..adapters.inject import inject_adapters, track_valid_size
-from ..utils.checkpoint import load_base_weights, load_state_dict_file, sub_state_dict
+from .frozen_sam_encoder import FrozenSAMEncoder, arch_preset
 
 # Ravi et al., "SAM 2: Segment Anything in Images and Videos", 2024; the
 # trunk arguments of sam2/configs/sam2{,.1}/sam2{,.1}_hiera_{t,s,b+,l}.yaml.
@@ -40,7 +36,7 @@ _OPTIONAL_KEYS = ('q_pool', 'q_stride', 'dim_mul', 'head_mul')
 
 
 @MODELS.register_module()
-class SAM2Hiera(BaseModule):
+class SAM2Hiera(FrozenSAMEncoder):
     """Frozen SAM2 image encoder (Hiera trunk + FPN neck) with adapters on ``attn.qkv``.
 
     The encoder is built from the ``sam2`` package's own modules (``Hiera``,
@@ -76,7 +72,7 @@ class SAM2Hiera(BaseModule):
             (``{'model': state_dict}``) whose ``image_encoder.*`` and
             ``no_mem_embed`` are loaded by :meth:`init_weights`.
         adapter (dict, optional): Adapter config injected into every
-            ``attn.qkv``, e.g. ``dict(type='LoRA', rank=64, alpha=128,
+            ``attn.qkv``, e.g. ``dict(type='LoRA', rank=64, lora_alpha=128,
             dropout=0.1)``. None trains nothing.
         adapter_blocks (Sequence[int], optional): Trunk blocks to adapt (0 to
             depth - 1 across all stages); all if None.
@@ -85,10 +81,12 @@ class SAM2Hiera(BaseModule):
         freeze (bool): Freeze every non-adapter weight. Defaults to True.
         drop_path_rate (float): Stochastic depth of the trunk; 0 in the
             official configs. Defaults to 0.
-        with_cp (bool): Activation checkpointing of each trunk block in
-            training, trading compute for memory. Defaults to False.
+        with_cp (bool): Activation checkpointing of each trunk block, trading
+            compute for memory. Defaults to False.
         init_cfg (dict, optional): mmengine init config.
     """
+
+    encoder_name = 'image_encoder'
 
     def __init__(self,
                  arch: Union[str, dict] = 'hiera-l',
@@ -101,11 +99,9 @@ class SAM2Hiera(BaseModule):
                  drop_path_rate: float = 0.,
                  with_cp: bool = False,
                  init_cfg: Optional[dict] = None) -> None:
-        super().__init__(init_cfg=init_cfg)
+        super().__init__(checkpoint=checkpoint, freeze=freeze, with_cp=with_cp, init_cfg=init_cfg)
         self.arch = self._parse_arch(arch)
-        self.checkpoint = checkpoint
         self.add_no_mem_embed = add_no_mem_embed
-        self.with_cp = with_cp
         trunk = Hiera(**self.arch, drop_path_rate=drop_path_rate)
         neck = FpnNeck(
             # No params; warmup_cache=False keeps it from allocating on CUDA at build time.
@@ -125,23 +121,12 @@ class SAM2Hiera(BaseModule):
         # SAM2Base keeps it as (1, 1, C), the (HW, B, C) token layout.
         self.no_mem_embed = nn.Parameter(torch.zeros(1, 1, out_channels))
         trunc_normal_(self.no_mem_embed, std=0.02)
-        if freeze:
-            self.image_encoder.requires_grad_(False)
-            self.no_mem_embed.requires_grad_(False)
-        self.adapted_layers: List[str] = []
-        if adapter is not None:
-            self.adapted_layers = inject_adapters(self.image_encoder, adapter,
-                                                  target=r'\.attn\.qkv$',
-                                                  blocks=adapter_blocks)
-            track_valid_size(self.image_encoder.trunk.blocks)
+        self._freeze_and_adapt(adapter, adapter_blocks)
 
     @staticmethod
     def _parse_arch(arch: Union[str, dict]) -> dict:
         if isinstance(arch, str):
-            if arch.lower() not in SAM2_HIERA_ARCHS:
-                raise KeyError(f'unknown SAM2 Hiera arch {arch!r}; choose from '
-                               f'{sorted(SAM2_HIERA_ARCHS)} or pass a dict.')
-            return dict(SAM2_HIERA_ARCHS[arch.lower()])
+            return arch_preset(arch, SAM2_HIERA_ARCHS, 'SAM2 Hiera')
         missing = [k for k in _REQUIRED_KEYS if k not in arch]
         unknown = sorted(set(arch) - set(_REQUIRED_KEYS) - set(_OPTIONAL_KEYS))
         if missing or unknown:
@@ -163,31 +148,20 @@ class SAM2Hiera(BaseModule):
                              f'first of a stage: {pooling}); Hiera cannot pool a global block.')
         return arch
 
-    def init_weights(self) -> None:
-        """Load ``image_encoder.*`` and ``no_mem_embed`` of :attr:`checkpoint`."""
-        if self.checkpoint is None:
-            super().init_weights()
+    def _after_load(self, state: Mapping[str, torch.Tensor], path: str) -> None:
+        """Load the checkpoint's top-level ``no_mem_embed`` (with :attr:`add_no_mem_embed`)."""
+        if not self.add_no_mem_embed:
             return
-        state = load_state_dict_file(self.checkpoint)
-        encoder_state = sub_state_dict(state, 'image_encoder.', self.checkpoint)
-        load_base_weights(self.image_encoder, encoder_state,
-                          f'{self.checkpoint} (image_encoder.*)',
-                          arch_hint=self._arch_hint(encoder_state))
-        if self.add_no_mem_embed:
-            value = state.get('no_mem_embed')
-            if value is None:
-                raise KeyError(f'{self.checkpoint!r} has no `no_mem_embed`; official SAM 2 '
-                               'checkpoints have one. Set add_no_mem_embed=False for a '
-                               'checkpoint without it.')
-            if value.shape != self.no_mem_embed.shape:
-                raise ValueError(f'{self.checkpoint} no_mem_embed: expected '
-                                 f'{tuple(self.no_mem_embed.shape)}, found {tuple(value.shape)}; '
-                                 'out_channels must match the checkpoint.')
-            with torch.no_grad():
-                self.no_mem_embed.copy_(value)
-        print_log(f'SAM2Hiera: loaded image_encoder.* from {self.checkpoint}',
-                  logger='current')
-        self._is_init = True
+        value = state.get('no_mem_embed')
+        if value is None:
+            raise KeyError(f'{path!r} has no `no_mem_embed`; official SAM 2 checkpoints '
+                           'have one. Set add_no_mem_embed=False for a checkpoint without it.')
+        if value.shape != self.no_mem_embed.shape:
+            raise ValueError(f'{path} no_mem_embed: expected {tuple(self.no_mem_embed.shape)}, '
+                             f'found {tuple(value.shape)}; out_channels must match the '
+                             'checkpoint.')
+        with torch.no_grad():
+            self.no_mem_embed.copy_(value)
 
     @staticmethod
     def _arch_hint(state: dict) -> str:
@@ -203,21 +177,14 @@ class SAM2Hiera(BaseModule):
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         """Features at strides 4, 8 and 16 (the last with ``no_mem_embed``)."""
-        h, w = x.shape[-2:]
-        if h % self.size_divisor or w % self.size_divisor:
-            raise ValueError(f'SAM2Hiera input {h}x{w} is not a multiple of '
-                             f'{self.size_divisor}; set the crop/resize size (or '
-                             f'data_preprocessor size_divisor={self.size_divisor}) accordingly.')
+        self._check_input_size(x, self.size_divisor)
         # Hiera.forward, unrolled for activation checkpointing.
         trunk = self.image_encoder.trunk
         x = trunk.patch_embed(x)
         x = x + trunk._get_pos_embed(x.shape[1:3])
         stages = []
         for i, block in enumerate(trunk.blocks):
-            if self.with_cp and self.training and torch.is_grad_enabled():
-                x = cp.checkpoint(block, x, use_reentrant=False)
-            else:
-                x = block(x)
+            x = self._checkpointed(block, x)
             if i in trunk.stage_ends:
                 stages.append(x.permute(0, 3, 1, 2))
         levels, _ = self.image_encoder.neck(stages)

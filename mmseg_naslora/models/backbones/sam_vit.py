@@ -1,19 +1,14 @@
 """SAM's ViT image encoder as a frozen mmseg backbone with adapters."""
 from functools import partial
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
-import torch.utils.checkpoint as cp
-from mmengine.logging import print_log
-from mmengine.model import BaseModule
 from mmseg.registry import MODELS
 from segment_anything.modeling import ImageEncoderViT
 
-from ..adapters.inject import inject_adapters, track_valid_size
-from ..utils.checkpoint import (load_base_weights, load_state_dict_file,
-                                resize_pos_embed, resize_rel_pos,
-                                sub_state_dict)
+from ..utils.checkpoint import resize_pos_embed, resize_rel_pos
+from .frozen_sam_encoder import FrozenSAMEncoder, arch_preset, check_multiple_of
 
 # Kirillov et al., "Segment Anything", ICCV 2023 (build_sam.py).
 SAM_VIT_ARCHS = {
@@ -25,7 +20,7 @@ _ARCH_BY_WIDTH = {v['embed_dims']: k for k, v in SAM_VIT_ARCHS.items()}
 
 
 @MODELS.register_module()
-class SAMViT(BaseModule):
+class SAMViT(FrozenSAMEncoder):
     """Frozen SAM ViT encoder (``ImageEncoderViT``) with adapters on ``attn.qkv``.
 
     The encoder is built with segment-anything's own modules, so official
@@ -43,7 +38,7 @@ class SAMViT(BaseModule):
         checkpoint (str, optional): Official SAM ``.pth`` (or ``.safetensors``)
             whose ``image_encoder.*`` weights are loaded by :meth:`init_weights`.
         adapter (dict, optional): Adapter config injected into ``attn.qkv``,
-            e.g. ``dict(type='LoRA', rank=3, alpha=32)``. None trains nothing.
+            e.g. ``dict(type='LoRA', rank=3, lora_alpha=32)``. None trains nothing.
         adapter_blocks (Sequence[int], optional): Blocks to adapt; all if None.
         freeze (bool): Freeze every non-adapter weight. Defaults to True.
         with_cp (bool): Activation checkpointing of each block, trading compute
@@ -62,12 +57,10 @@ class SAMViT(BaseModule):
                  freeze: bool = True,
                  with_cp: bool = False,
                  init_cfg: Optional[dict] = None) -> None:
-        super().__init__(init_cfg=init_cfg)
+        super().__init__(checkpoint=checkpoint, freeze=freeze, with_cp=with_cp, init_cfg=init_cfg)
         self.arch = self._parse_arch(arch)
-        _check_multiple_of(img_size, 16, 'img_size')
+        check_multiple_of(img_size, 16, 'img_size')
         self.patch_size = 16
-        self.checkpoint = checkpoint
-        self.with_cp = with_cp
         self.encoder = ImageEncoderViT(
             img_size=img_size,
             patch_size=self.patch_size,
@@ -81,43 +74,19 @@ class SAMViT(BaseModule):
             qkv_bias=True,
             use_rel_pos=True,
             norm_layer=partial(nn.LayerNorm, eps=1e-6))
-        if freeze:
-            self.encoder.requires_grad_(False)
-        self.adapted_layers: List[str] = []
-        if adapter is not None:
-            self.adapted_layers = inject_adapters(self.encoder, adapter,
-                                                  target=r'\.attn\.qkv$',
-                                                  blocks=adapter_blocks)
-            track_valid_size(self.encoder.blocks)
+        self._freeze_and_adapt(adapter, adapter_blocks)
 
     @staticmethod
     def _parse_arch(arch: Union[str, dict]) -> dict:
         if isinstance(arch, str):
-            if arch.lower() not in SAM_VIT_ARCHS:
-                raise KeyError(f'unknown SAM ViT arch {arch!r}; choose from '
-                               f'{sorted(SAM_VIT_ARCHS)} or pass a dict.')
-            return dict(SAM_VIT_ARCHS[arch.lower()])
+            return arch_preset(arch, SAM_VIT_ARCHS, 'SAM ViT')
         required = {'embed_dims', 'depth', 'num_heads', 'global_attn_indexes'}
         if not required <= set(arch):
             raise KeyError(f'custom SAM ViT arch needs keys {sorted(required)}, '
                            f'got {sorted(arch)}.')
         return dict(arch)
 
-    def init_weights(self) -> None:
-        """Load ``image_encoder.*`` of :attr:`checkpoint` into the frozen encoder."""
-        if self.checkpoint is None:
-            super().init_weights()
-            return
-        state = sub_state_dict(load_state_dict_file(self.checkpoint),
-                               'image_encoder.', self.checkpoint)
-        state = self._resize_positions(state)
-        load_base_weights(self.encoder, state, self.checkpoint,
-                            arch_hint=self._arch_hint(state))
-        print_log(f'SAMViT: loaded image_encoder.* from {self.checkpoint}',
-                  logger='current')
-        self._is_init = True
-
-    def _resize_positions(self, state: dict) -> dict:
+    def _fit_checkpoint(self, state: Mapping[str, torch.Tensor]) -> dict:
         """Fit the checkpoint's position tables to this encoder's input size."""
         own = self.encoder.state_dict()
         state = dict(state)
@@ -129,7 +98,7 @@ class SAMViT(BaseModule):
                 state[key] = resize_rel_pos(value, own[key].shape[0])
         return state
 
-    def _arch_hint(self, state: dict) -> str:
+    def _arch_hint(self, state: Mapping[str, torch.Tensor]) -> str:
         # Other SAM families share the image_encoder.* prefix but not the layout.
         if any(k.startswith('trunk.') for k in state):
             return ("hint: this is a SAM 2 (Hiera) checkpoint; use backbone type='SAM2Hiera' "
@@ -147,22 +116,11 @@ class SAMViT(BaseModule):
         return f'hint: {found}; pass a matching arch dict.'
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor]:
-        h, w = x.shape[-2:]
-        if h % self.patch_size or w % self.patch_size:
-            raise ValueError(f'SAMViT input {h}x{w} is not a multiple of '
-                             f'{self.patch_size}; set the crop/resize size (or '
-                             'data_preprocessor size_divisor=16) accordingly.')
+        self._check_input_size(x, self.patch_size)
         enc = self.encoder
         x = enc.patch_embed(x)
         x = x + resize_pos_embed(enc.pos_embed, x.shape[1:3])
         for block in enc.blocks:
-            if self.with_cp and torch.is_grad_enabled():
-                x = cp.checkpoint(block, x, use_reentrant=False)
-            else:
-                x = block(x)
+            x = self._checkpointed(block, x)
         return (enc.neck(x.permute(0, 3, 1, 2)), )
 
-
-def _check_multiple_of(value: int, base: int, name: str) -> None:
-    if value % base:
-        raise ValueError(f'{name}={value} must be a multiple of {base}.')

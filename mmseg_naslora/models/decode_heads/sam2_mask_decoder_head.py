@@ -2,7 +2,6 @@
 from typing import List, Optional, Sequence, Tuple
 
 import torch
-import torch.nn as nn
 from mmseg.registry import MODELS
 from sam2.modeling.sam.mask_decoder import MaskDecoder
 from sam2.modeling.sam.prompt_encoder import PromptEncoder
@@ -47,7 +46,7 @@ class SAM2MaskDecoderHead(SAMMaskDecoderHead):
     2025): ``decoder_adapter`` is injected into every ``q_proj``, ``k_proj``,
     ``v_proj`` and ``out_proj`` of the two-way transformer (4 per attention,
     3 attentions per layer plus the final token-to-image attention: 28
-    adapters at depth 2). Their rank and alpha are independent of the
+    adapters at depth 2). Their rank and lora_alpha are independent of the
     encoder's. Only token-wise adapters (``LoRA``) are accepted: the
     decoder's attention inputs include the output tokens, which form no grid.
 
@@ -69,7 +68,7 @@ class SAM2MaskDecoderHead(SAMMaskDecoderHead):
         iou_prediction_use_sigmoid (bool): SAM2's IoU head option (no effect
             on masks). Defaults to True.
         decoder_adapter (dict, optional): Adapter config for the transformer's
-            attention linears, e.g. ``dict(type='LoRA', rank=64, alpha=128,
+            attention linears, e.g. ``dict(type='LoRA', rank=64, lora_alpha=128,
             dropout=0.1)``. None adds none.
         freeze_decoder (bool, optional): Freeze the pretrained decoder
             weights. None (default) freezes them exactly when
@@ -81,6 +80,7 @@ class SAM2MaskDecoderHead(SAMMaskDecoderHead):
 
     checkpoint_prefixes = dict(prompt_encoder='sam_prompt_encoder.',
                                mask_decoder='sam_mask_decoder.')
+    sam_modules = (PromptEncoder, MaskDecoder, TwoWayTransformer)  # sam2's, as SAM2Base builds
 
     def __init__(self,
                  use_high_res_features: bool = True,
@@ -90,13 +90,12 @@ class SAM2MaskDecoderHead(SAMMaskDecoderHead):
                  decoder_adapter: Optional[dict] = None,
                  freeze_decoder: Optional[bool] = None,
                  **kwargs) -> None:
-        # Read by _build_sam_modules, which the parent's __init__ calls.
-        self._sam2_decoder_args = dict(
-            use_high_res_features=use_high_res_features,
-            pred_obj_scores=pred_obj_scores,
-            pred_obj_scores_mlp=pred_obj_scores_mlp,
-            iou_prediction_use_sigmoid=iou_prediction_use_sigmoid)
-        super().__init__(**kwargs)
+        super().__init__(
+            mask_decoder_args=dict(use_high_res_features=use_high_res_features,
+                                   pred_obj_scores=pred_obj_scores,
+                                   pred_obj_scores_mlp=pred_obj_scores_mlp,
+                                   iou_prediction_use_sigmoid=iou_prediction_use_sigmoid),
+            **kwargs)
         dec = self.mask_decoder
         if pred_obj_scores:
             dec.pred_obj_score_head.requires_grad_(False)
@@ -109,7 +108,7 @@ class SAM2MaskDecoderHead(SAMMaskDecoderHead):
                 raise ValueError(
                     f'decoder_adapter {spatial} mixes neighbouring tokens, but the SAM2 '
                     'decoder attends over output tokens that form no grid; use a '
-                    "token-wise adapter, e.g. dict(type='LoRA', rank=64, alpha=128, "
+                    "token-wise adapter, e.g. dict(type='LoRA', rank=64, lora_alpha=128, "
                     'dropout=0.1).')
         self.freeze_decoder = (decoder_adapter is not None
                                if freeze_decoder is None else freeze_decoder)
@@ -125,25 +124,6 @@ class SAM2MaskDecoderHead(SAMMaskDecoderHead):
         for name, param in self.mask_decoder.named_parameters():
             if name not in owned:
                 param.requires_grad_(False)
-
-    def _build_sam_modules(self, channels: int, num_multimask_outputs: int,
-                           transformer_depth: int, transformer_mlp_dim: int,
-                           transformer_num_heads: int, iou_head_depth: int,
-                           iou_head_hidden_dim: int) -> Tuple[nn.Module, nn.Module]:
-        """sam2's prompt encoder and mask decoder, as ``SAM2Base`` makes them."""
-        prompt_encoder = PromptEncoder(
-            embed_dim=channels, image_embedding_size=(64, 64),
-            input_image_size=(1024, 1024), mask_in_chans=16)
-        mask_decoder = MaskDecoder(
-            num_multimask_outputs=num_multimask_outputs,
-            transformer=TwoWayTransformer(depth=transformer_depth, embedding_dim=channels,
-                                          mlp_dim=transformer_mlp_dim,
-                                          num_heads=transformer_num_heads),
-            transformer_dim=channels,
-            iou_head_depth=iou_head_depth,
-            iou_head_hidden_dim=iou_head_hidden_dim,
-            **self._sam2_decoder_args)
-        return prompt_encoder, mask_decoder
 
     def _leading_tokens(self) -> torch.Tensor:
         dec = self.mask_decoder

@@ -39,9 +39,12 @@ class SAMMaskDecoderHead(BaseDecodeHead):
 
     Modes, chosen by ``num_classes``/``out_channels`` and ``mode``:
 
-    - binary (``num_classes=2``, ``out_channels=1``): SAM's first
-      (single-mask) token gives one sigmoid logit map; mmseg's ``threshold``
-      turns it into a mask, and ``loss_decode`` trains it.
+    - binary (``num_classes=2``, ``out_channels=1``): one of SAM's mask
+      tokens (``mask_token``; the single-mask token by default) gives one
+      sigmoid logit map; mmseg's ``threshold`` turns it into a mask, and
+      ``loss_decode`` trains it. With ``iou_loss_weight`` the IoU head trains
+      too, on ``|predicted IoU - IoU of the thresholded mask|`` (SAM2LoRA's
+      reference, docs/sam2lora.md).
     - ``mode='set'`` (multi-class default; Conv-LoRA's multi-class head):
       builds a :class:`SAMMaskSetHead` (its own class, as mmseg keeps
       ``Mask2FormerHead`` apart; ``SAM2MaskSetHead`` for SAM2), which see.
@@ -58,6 +61,15 @@ class SAMMaskDecoderHead(BaseDecodeHead):
         out_channels (int, optional): 1 for the sigmoid binary head, else K.
             Defaults to 1 when ``num_classes`` is 2.
         threshold (float): Sigmoid threshold of the binary mask. Defaults to 0.5.
+        mask_token (int): Binary mode: the mask token whose mask is the
+            output; 0 is SAM's single-mask token, 1 to 3 its multimask tokens
+            (the SAM2LoRA reference trains 1, the first mask of
+            ``multimask_output=True``). Defaults to 0.
+        iou_loss_weight (float): Binary mode: weight of ``loss_iou``, the
+            mean absolute error of the IoU head's prediction for
+            ``mask_token`` against the per-image IoU of the mask thresholded
+            at 0.5 (ignored pixels left out). 0 keeps the IoU head frozen and
+            unused. Defaults to 0.
         mode (str): ``'set'`` or ``'per_class'`` for multi-class heads.
             Defaults to ``'set'`` (which builds :class:`SAMMaskSetHead`).
         num_mask_tokens (int, optional): Set mode only (see
@@ -78,17 +90,22 @@ class SAMMaskDecoderHead(BaseDecodeHead):
         embed_stride (int): Stride of the image embedding w.r.t. the input:
             16 for SAM ViT, 4 for LiteMedSAM's TinyViT. Logits are returned
             at the input size. Defaults to 16.
+        mask_decoder_args (dict, optional): More arguments of the mask
+            decoder class, for a SAM version whose decoder takes them
+            (:class:`SAM2MaskDecoderHead` passes its own). Defaults to None.
         **kwargs: Passed to :class:`BaseDecodeHead` (``loss_decode``,
             ``ignore_index``, ``align_corners``...).
 
-    Subclasses for other SAM versions (e.g. ``SAM2MaskDecoderHead``) override
-    :meth:`_build_sam_modules`, :meth:`_leading_tokens`, :meth:`_upscale`,
-    :meth:`_decoder_inputs` and :attr:`checkpoint_prefixes`; the modes, the
-    losses and inference stay here.
+    Subclasses for other SAM versions (e.g. ``SAM2MaskDecoderHead``) set
+    :attr:`sam_modules` and :attr:`checkpoint_prefixes` and override
+    :meth:`_leading_tokens`, :meth:`_upscale` and :meth:`_decoder_inputs`;
+    the modes, the losses and inference stay here.
     """
 
     # Checkpoint key prefix of each sub-module (official SAM format).
     checkpoint_prefixes = dict(prompt_encoder='prompt_encoder.', mask_decoder='mask_decoder.')
+    # The package's prompt encoder, mask decoder and two-way transformer classes.
+    sam_modules = (PromptEncoder, MaskDecoder, TwoWayTransformer)
 
     def __new__(cls, *args, **kwargs):
         # Build-time redirect: the old ``mode='set'`` spelling (and the
@@ -104,6 +121,8 @@ class SAMMaskDecoderHead(BaseDecodeHead):
                  num_classes: int = 2,
                  out_channels: Optional[int] = None,
                  threshold: float = 0.5,
+                 mask_token: int = 0,
+                 iou_loss_weight: float = 0.,
                  mode: str = 'set',
                  num_mask_tokens: Optional[int] = None,
                  set_loss: dict = dict(type='MaskSetLoss'),
@@ -116,6 +135,7 @@ class SAMMaskDecoderHead(BaseDecodeHead):
                  iou_head_depth: int = 3,
                  iou_head_hidden_dim: int = 256,
                  embed_stride: int = 16,
+                 mask_decoder_args: Optional[dict] = None,
                  **kwargs) -> None:
         if embed_stride % 4:
             raise ValueError(f'embed_stride={embed_stride} must be a multiple of 4: SAM\'s '
@@ -129,6 +149,15 @@ class SAMMaskDecoderHead(BaseDecodeHead):
         if binary and num_classes != 2:
             raise ValueError(f'out_channels=1 is the binary head and needs num_classes=2, '
                              f'got num_classes={num_classes}.')
+        if not 0 <= mask_token <= num_multimask_outputs:
+            raise ValueError(f'mask_token={mask_token} must be 0 (the single-mask token) or '
+                             f'one of the {num_multimask_outputs} multimask tokens (1 to '
+                             f'{num_multimask_outputs}).')
+        if not binary and (mask_token or iou_loss_weight):
+            raise ValueError('mask_token and iou_loss_weight are options of the binary head '
+                             '(out_channels=1); the multi-class modes use their own tokens.')
+        if iou_loss_weight < 0:
+            raise ValueError(f'iou_loss_weight must be >= 0, got {iou_loss_weight}.')
         if not binary and mode not in ('set', 'per_class'):
             raise ValueError(f"mode must be 'set' or 'per_class', got {mode!r}.")
         if not binary and mode == 'set' and not getattr(self, 'is_set_head', False):
@@ -147,9 +176,11 @@ class SAMMaskDecoderHead(BaseDecodeHead):
             channels, num_multimask_outputs=num_multimask_outputs,
             transformer_depth=transformer_depth, transformer_mlp_dim=transformer_mlp_dim,
             transformer_num_heads=transformer_num_heads, iou_head_depth=iou_head_depth,
-            iou_head_hidden_dim=iou_head_hidden_dim)
+            iou_head_hidden_dim=iou_head_hidden_dim, **(mask_decoder_args or {}))
+        self.mask_token = mask_token
+        self.iou_loss_weight = iou_loss_weight
         self.prompt_encoder.requires_grad_(False)
-        self.mask_decoder.iou_prediction_head.requires_grad_(False)
+        self.mask_decoder.iou_prediction_head.requires_grad_(iou_loss_weight > 0)
         self.token_noise = token_noise if self.mode == 'set' else 0.
         if self.mode != 'binary':
             self._build_class_queries(num_classes, channels, num_mask_tokens=num_mask_tokens,
@@ -182,19 +213,22 @@ class SAMMaskDecoderHead(BaseDecodeHead):
     def _build_sam_modules(self, channels: int, num_multimask_outputs: int,
                            transformer_depth: int, transformer_mlp_dim: int,
                            transformer_num_heads: int, iou_head_depth: int,
-                           iou_head_hidden_dim: int) -> Tuple[nn.Module, nn.Module]:
-        """segment-anything's prompt encoder and mask decoder, as ``build_sam`` makes them."""
-        prompt_encoder = PromptEncoder(
+                           iou_head_hidden_dim: int,
+                           **mask_decoder_args) -> Tuple[nn.Module, nn.Module]:
+        """The :attr:`sam_modules` prompt encoder and mask decoder, as ``build_sam`` makes them."""
+        prompt_encoder_cls, mask_decoder_cls, transformer_cls = self.sam_modules
+        prompt_encoder = prompt_encoder_cls(
             embed_dim=channels, image_embedding_size=(64, 64),
             input_image_size=(1024, 1024), mask_in_chans=16)
-        mask_decoder = MaskDecoder(
+        mask_decoder = mask_decoder_cls(
             num_multimask_outputs=num_multimask_outputs,
-            transformer=TwoWayTransformer(depth=transformer_depth, embedding_dim=channels,
-                                          mlp_dim=transformer_mlp_dim,
-                                          num_heads=transformer_num_heads),
+            transformer=transformer_cls(depth=transformer_depth, embedding_dim=channels,
+                                        mlp_dim=transformer_mlp_dim,
+                                        num_heads=transformer_num_heads),
             transformer_dim=channels,
             iou_head_depth=iou_head_depth,
-            iou_head_hidden_dim=iou_head_hidden_dim)
+            iou_head_hidden_dim=iou_head_hidden_dim,
+            **mask_decoder_args)
         return prompt_encoder, mask_decoder
 
     def _init_class_tokens(self) -> None:
@@ -263,6 +297,14 @@ class SAMMaskDecoderHead(BaseDecodeHead):
             token (SAM's mask tokens, or the class tokens), and the ``(B, T, C)``
             token outputs.
         """
+        masks, token_out, _ = self._decode(image_embeddings, high_res_features)
+        return masks, token_out
+
+    def _decode(
+        self, image_embeddings: torch.Tensor,
+        high_res_features: Optional[List[torch.Tensor]] = None
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`predict_masks` and the IoU token's ``(B, C)`` output."""
         b, c, h, w = image_embeddings.shape
         dec = self.mask_decoder
         image_pe = self.prompt_encoder.pe_layer((h, w)).unsqueeze(0).expand(b, -1, -1, -1)
@@ -276,7 +318,19 @@ class SAMMaskDecoderHead(BaseDecodeHead):
         token_out = hs[:, leading.shape[0]:]
         hyper = self._hypernetwork_weights(token_out)
         masks = (hyper @ upscaled.flatten(2)).unflatten(2, upscaled.shape[-2:])
-        return masks, token_out
+        # The IoU token is the last leading token (SAM2 puts its object-score token first).
+        return masks, token_out, hs[:, leading.shape[0] - 1]
+
+    def _logits_and_iou(self, inputs: Sequence[torch.Tensor]
+                        ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Logits at the input size and the IoU head's ``(B, T)`` predictions."""
+        masks, _, iou_token_out = self._decode(*self._decoder_inputs(inputs))
+        if self.mode == 'binary':
+            masks = masks[:, self.mask_token:self.mask_token + 1]
+        if self.embed_stride != 4:  # else the decoder's masks are already at the input size
+            masks = F.interpolate(masks, scale_factor=self.embed_stride // 4, mode='bilinear',
+                                  align_corners=self.align_corners)
+        return masks, iou_token_out
 
     def forward(self, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
         """Logits at the input size (``embed_stride`` times the embedding).
@@ -284,10 +338,22 @@ class SAMMaskDecoderHead(BaseDecodeHead):
         Returns:
             Tensor: ``(B, 1, H, W)`` (binary) or ``(B, K, H, W)`` (per_class).
         """
-        masks, _ = self.predict_masks(*self._decoder_inputs(inputs))
-        if self.mode == 'binary':
-            masks = masks[:, :1]
-        if self.embed_stride == 4:  # the decoder's masks are already at the input size
-            return masks
-        return F.interpolate(masks, scale_factor=self.embed_stride // 4, mode='bilinear',
-                             align_corners=self.align_corners)
+        return self._logits_and_iou(inputs)[0]
+
+    def loss(self, inputs: Sequence[torch.Tensor], batch_data_samples: list,
+             train_cfg: dict) -> dict:
+        """``loss_decode``'s losses, plus ``loss_iou`` with ``iou_loss_weight``."""
+        if not self.iou_loss_weight:
+            return super().loss(inputs, batch_data_samples, train_cfg)
+        logits, iou_token_out = self._logits_and_iou(inputs)
+        losses = self.loss_by_feat(logits, batch_data_samples)
+        iou_pred = self.mask_decoder.iou_prediction_head(iou_token_out)[:, self.mask_token]
+        label = self._stack_batch_gt(batch_data_samples)[:, 0]
+        logits = F.interpolate(logits, size=label.shape[-2:], mode='bilinear',
+                               align_corners=self.align_corners)[:, 0]
+        valid = label != self.ignore_index
+        pred, gt = (logits > 0) & valid, (label == 1) & valid
+        # As SAM2LoRA's calculate_batch_iou: I / (U + 1e-6), the target carries no gradient.
+        iou = (pred & gt).flatten(1).sum(1) / ((pred | gt).flatten(1).sum(1) + 1e-6)
+        losses['loss_iou'] = self.iou_loss_weight * (iou_pred - iou).abs().mean()
+        return losses

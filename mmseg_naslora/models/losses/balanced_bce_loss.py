@@ -1,16 +1,14 @@
 """Class-balanced BCE, as AutoGluon's Conv-LoRA trains SBU shadow detection."""
-from typing import Optional
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from mmseg.registry import MODELS
 
-from .soft_dice_loss import binary_inputs
+from .binary_loss import BinaryLoss
 
 
 @MODELS.register_module()
-class BalancedBCELoss(nn.Module):
+class BalancedBCELoss(BinaryLoss):
     """BCE with the positive and negative pixels of a batch weighted to balance.
 
     AutoGluon's ``BBCEWithLogitLoss`` (``optim/losses/bce_loss.py``, after
@@ -40,23 +38,11 @@ class BalancedBCELoss(nn.Module):
                  eps: float = 1e-10,
                  loss_weight: float = 1.,
                  loss_name: str = 'loss_bbce') -> None:
-        super().__init__()
+        super().__init__(loss_weight, loss_name)
         self.eps = eps
-        self.loss_weight = loss_weight
-        self._loss_name = loss_name
 
-    def forward(self,
-                pred: torch.Tensor,
-                target: torch.Tensor,
-                weight: Optional[torch.Tensor] = None,
-                ignore_index: Optional[int] = 255,
-                **kwargs) -> torch.Tensor:
-        """Loss of logits ``pred`` (N, 1, H, W) against labels (N, H, W).
-
-        Extra keyword arguments of mmseg's loss interface (``avg_factor``,
-        ``reduction_override``) are accepted and have no effect.
-        """
-        logits, gt, mask = binary_inputs(pred, target, weight, ignore_index, type(self).__name__)
+    def binary_loss(self, logits: torch.Tensor, gt: torch.Tensor,
+                    mask: torch.Tensor) -> torch.Tensor:
         count_pos = (mask * gt).sum() + self.eps
         count_neg = (mask * (1 - gt)).sum()
         ratio = count_neg / count_pos  # BCEWithLogitsLoss's pos_weight in the reference
@@ -67,8 +53,4 @@ class BalancedBCELoss(nn.Module):
                                                  reduction='none')
         bce = ratio * gt * pos + (1 - gt) * neg
         loss = w_neg * (mask * bce).sum() / mask.sum().clamp(min=1)
-        return self.loss_weight * loss
-
-    @property
-    def loss_name(self) -> str:
-        return self._loss_name
+        return loss

@@ -1,15 +1,13 @@
 """Focal Tversky loss for a sigmoid binary head."""
-from typing import Optional
 
 import torch
-import torch.nn as nn
 from mmseg.registry import MODELS
 
-from .soft_dice_loss import binary_inputs, image_mean
+from .binary_loss import BinaryLoss, image_mean
 
 
 @MODELS.register_module()
-class FocalTverskyLoss(nn.Module):
+class FocalTverskyLoss(BinaryLoss):
     """Focal Tversky loss ``(1 - TI)^gamma`` over sigmoid probabilities.
 
     ``TI = (TP + s) / (TP + alpha·FN + beta·FP + s)`` with soft counts
@@ -43,7 +41,7 @@ class FocalTverskyLoss(nn.Module):
                  per_image: bool = False,
                  loss_weight: float = 1.,
                  loss_name: str = 'loss_ftversky') -> None:
-        super().__init__()
+        super().__init__(loss_weight, loss_name)
         if gamma <= 0:
             raise ValueError(f'FocalTverskyLoss gamma must be > 0, got {gamma}.')
         self.alpha = alpha
@@ -51,21 +49,9 @@ class FocalTverskyLoss(nn.Module):
         self.gamma = gamma
         self.smooth = smooth
         self.per_image = per_image
-        self.loss_weight = loss_weight
-        self._loss_name = loss_name
 
-    def forward(self,
-                pred: torch.Tensor,
-                target: torch.Tensor,
-                weight: Optional[torch.Tensor] = None,
-                ignore_index: Optional[int] = 255,
-                **kwargs) -> torch.Tensor:
-        """Loss of logits ``pred`` (N, 1, H, W) against labels (N, H, W).
-
-        Extra keyword arguments of mmseg's loss interface (``avg_factor``,
-        ``reduction_override``) are accepted and have no effect.
-        """
-        logits, gt, mask = binary_inputs(pred, target, weight, ignore_index, type(self).__name__)
+    def binary_loss(self, logits: torch.Tensor, gt: torch.Tensor,
+                    mask: torch.Tensor) -> torch.Tensor:
         prob = logits.sigmoid()
         dims = (1, 2) if self.per_image else (0, 1, 2)
         tp = (mask * prob * gt).sum(dims)
@@ -76,8 +62,4 @@ class FocalTverskyLoss(nn.Module):
         # counts): the floor keeps that gradient at 0 instead of NaN.
         focal = (1 - tversky).clamp(min=1e-12)**self.gamma
         loss = image_mean(focal, mask) if self.per_image else focal
-        return self.loss_weight * loss
-
-    @property
-    def loss_name(self) -> str:
-        return self._loss_name
+        return loss

@@ -1,16 +1,14 @@
 """PraNet's structure loss (weighted BCE + weighted IoU) for a binary head."""
-from typing import Optional
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from mmseg.registry import MODELS
 
-from .soft_dice_loss import binary_inputs, image_mean
+from .binary_loss import BinaryLoss, image_mean
 
 
 @MODELS.register_module()
-class StructureLoss(nn.Module):
+class StructureLoss(BinaryLoss):
     """Boundary-weighted BCE plus weighted IoU over sigmoid probabilities.
 
     Fan et al., "PraNet: Parallel Reverse Attention Network for Polyp
@@ -51,28 +49,16 @@ class StructureLoss(nn.Module):
                  boundary_weight: float = 5.,
                  loss_weight: float = 1.,
                  loss_name: str = 'loss_structure') -> None:
-        super().__init__()
+        super().__init__(loss_weight, loss_name)
         if kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(f'StructureLoss kernel_size must be a positive odd '
                              f'integer, got {kernel_size}.')
         self.weighted_bce = weighted_bce
         self.kernel_size = kernel_size
         self.boundary_weight = boundary_weight
-        self.loss_weight = loss_weight
-        self._loss_name = loss_name
 
-    def forward(self,
-                pred: torch.Tensor,
-                target: torch.Tensor,
-                weight: Optional[torch.Tensor] = None,
-                ignore_index: Optional[int] = 255,
-                **kwargs) -> torch.Tensor:
-        """Loss of logits ``pred`` (N, 1, H, W) against labels (N, H, W).
-
-        Extra keyword arguments of mmseg's loss interface (``avg_factor``,
-        ``reduction_override``) are accepted and have no effect.
-        """
-        logits, gt, mask = binary_inputs(pred, target, weight, ignore_index, type(self).__name__)
+    def binary_loss(self, logits: torch.Tensor, gt: torch.Tensor,
+                    mask: torch.Tensor) -> torch.Tensor:
         local_mean = F.avg_pool2d(gt[:, None],
                                   self.kernel_size,
                                   stride=1,
@@ -89,8 +75,4 @@ class StructureLoss(nn.Module):
         inter = (w * prob * gt).sum((1, 2))
         union = (w * (prob + gt)).sum((1, 2)) - inter
         iou_term = 1 - (inter + 1) / (union + 1)
-        return self.loss_weight * image_mean(bce_term + iou_term, mask)
-
-    @property
-    def loss_name(self) -> str:
-        return self._loss_name
+        return image_mean(bce_term + iou_term, mask)

@@ -13,7 +13,8 @@ dtype, shape and bytes, so a file whose values were corrupted on disk or in
 transfer is refused instead of loading silently (files written before the
 checksum existed still load, with a warning that they cannot be verified).
 Adapter configs are compared by meaning (build-time defaults filled in,
-numbers compared as numbers), so ``alpha=32`` and ``alpha=32.0`` agree.
+numbers compared as numbers, the old key ``alpha`` read as ``lora_alpha``), so
+``lora_alpha=32`` and ``alpha=32.0`` agree.
 """
 import hashlib
 import inspect
@@ -29,6 +30,7 @@ from mmengine.logging import print_log
 from ...engine.atomic_io import atomic_write_bytes, sha256_file  # noqa: F401  (re-exported)
 from ..adapters.arch import is_arch_name
 from ..adapters.inject import iter_adapters
+from ..adapters.lora import rename_deprecated_alpha
 
 FORMAT = 'mmseg_naslora.adapters'
 FORMAT_VERSION = '1'
@@ -65,7 +67,7 @@ def _to_jsonable(value):
 
 def describe_model(model_cfg: Mapping) -> Dict[str, str]:
     """The metadata fields of ``model_cfg`` that an adapter file must agree with."""
-    if 'backbone' not in model_cfg and 'module' in model_cfg:  # SegTTAModel
+    if 'backbone' not in model_cfg and 'module' in model_cfg:  # a TTA model (ProbTTAModel)
         model_cfg = model_cfg['module']
     backbone = dict(model_cfg.get('backbone') or {})
     return dict(
@@ -122,6 +124,8 @@ def canonical_description(description: Mapping[str, str]) -> Dict[str, Any]:
             out[field] = text
             continue
         if field == 'adapter' and isinstance(value, Mapping):
+            # Files written before the rename record ``alpha`` for ``lora_alpha``.
+            value = rename_deprecated_alpha(value, 'adapter config')
             value = dict(_adapter_defaults(value.get('type')), **value)
         out[field] = _canonical(value)
     return out
@@ -361,14 +365,14 @@ def load_adapter_file(model: nn.Module, path: str, model_cfg: Mapping,
     Args:
         model (nn.Module): The segmentor built from ``model_cfg``.
         path (str): The adapter file.
-        model_cfg (Mapping): Its config (a ``SegTTAModel`` config's ``module``
+        model_cfg (Mapping): Its config (a TTA model config's ``module``
             is used).
         strict (bool): See :func:`load_adapters`. Defaults to True.
 
     Returns:
         dict: The file's metadata.
     """
-    if 'backbone' not in model_cfg and 'module' in model_cfg:  # SegTTAModel
+    if 'backbone' not in model_cfg and 'module' in model_cfg:  # a TTA model (ProbTTAModel)
         model_cfg = model_cfg['module']
     if not getattr(model, 'is_init', False):
         model.init_weights()

@@ -182,7 +182,7 @@ def _cv2(values):
     return var / (mean**2 + 1e-10)
 
 
-def _hand_gate(z, wg, wn, noise):
+def _hand_gate(z, wg, wn, noise, loss_coef=1e-2, noise_epsilon=1e-2):
     """Shazeer et al.'s noisy top-1 gate, written out element by element."""
     n_samples, r, e = len(z), len(wg), len(wg[0])
     chosen, loads = [], [0.] * e
@@ -195,7 +195,7 @@ def _hand_gate(z, wg, wn, noise):
             chosen.append(max(range(e), key=lambda j: clean[j]))
             continue
         raw = [sum(zbar[c] * wn[c][j] for c in range(r)) for j in range(e)]
-        std = [math.log1p(math.exp(v)) + 1e-2 for v in raw]
+        std = [math.log1p(math.exp(v)) + noise_epsilon for v in raw]
         noisy = [clean[j] + noise[n][j] * std[j] for j in range(e)]
         order = sorted(range(e), key=lambda j: -noisy[j])
         first, second = noisy[order[0]], noisy[order[1]]
@@ -207,12 +207,14 @@ def _hand_gate(z, wg, wn, noise):
     importance = [float(chosen.count(j)) for j in range(e)]
     if noise is None:
         loads = importance
-    return chosen, 1e-2 * (_cv2(importance) + _cv2(loads))
+    return chosen, loss_coef * (_cv2(importance) + _cv2(loads))
 
 
 @pytest.mark.parametrize('training', [True, False])
-def test_balance_loss_matches_hand_computation(training):
-    adapter = _adapter().train(training)
+@pytest.mark.parametrize('coefs', [dict(), dict(loss_coef=0.5, noise_epsilon=0.3)],
+                         ids=['defaults', 'loss_coef-noise_epsilon'])
+def test_balance_loss_matches_hand_computation(training, coefs):
+    adapter = _adapter(**coefs).train(training)
     _set_gate(adapter)
     torch.manual_seed(5)
     z = torch.randn(12, 3, 3, 3)
@@ -221,7 +223,8 @@ def test_balance_loss_matches_hand_computation(training):
     torch.manual_seed(7)
     noise = torch.randn(12, 8).tolist() if training else None
     chosen, expected = _hand_gate(
-        z.permute(0, 3, 1, 2).tolist(), adapter.w_gate.tolist(), adapter.w_noise.tolist(), noise)
+        z.permute(0, 3, 1, 2).tolist(), adapter.w_gate.tolist(), adapter.w_noise.tolist(), noise,
+        **coefs)
     assert top[:, 0].tolist() == chosen
     assert aux.dtype == torch.float32 and aux.dim() == 0
     assert aux.item() == pytest.approx(expected, rel=1e-5)

@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 import torch.nn as nn
@@ -24,7 +26,7 @@ def test_starts_equal_to_base_layer():
     base = nn.Linear(8, 24)
     x = torch.randn(2, 4, 4, 8)
     expected = base(x)
-    adapter = LoRA(base, rank=3, alpha=32)
+    adapter = LoRA(base, rank=3, lora_alpha=32)
     assert torch.equal(adapter(x), expected)
     assert adapter.scaling == pytest.approx(32 / 3)
 
@@ -34,7 +36,7 @@ def test_merge_unmerge_round_trip(shape):
     torch.manual_seed(0)
     base = nn.Linear(8, 24)
     original = base.weight.detach().clone()
-    adapter = LoRA(base, rank=3, alpha=32)
+    adapter = LoRA(base, rank=3, lora_alpha=32)
     randomise(adapter)
     x = torch.randn(*shape)
     unmerged = adapter(x)
@@ -134,20 +136,72 @@ def test_flat_tokens_need_a_grid():
 
 
 @pytest.mark.parametrize('kwargs,match', [
-    (dict(alpha=0), 'alpha must be a finite non-zero number'),
-    (dict(alpha=float('nan')), 'alpha must be a finite non-zero number'),
+    (dict(lora_alpha=0), 'lora_alpha must be a finite non-zero number'),
+    (dict(lora_alpha=float('nan')), 'lora_alpha must be a finite non-zero number'),
     (dict(dropout=-0.1), r'dropout must be in \[0, 1\)'),
     (dict(dropout=1.0), r'dropout must be in \[0, 1\)'),
 ])
 def test_lora_arguments_that_cannot_train_are_refused(kwargs, match):
-    """alpha=0 scales the update and its gradients to zero: the adapter never trains."""
+    """lora_alpha=0 scales the update and its gradients to zero: the adapter never trains."""
     with pytest.raises(ValueError, match=match):
         LoRA(nn.Linear(4, 12), **kwargs)
     with pytest.raises(ValueError, match=match):  # through the config route too
         inject_adapters(Blocks(), dict(type='LoRA', **kwargs), target=r'\.qkv$')
 
 
+@pytest.mark.parametrize('adapter_type', ['LoRA', 'ConvLoRA', 'NASLoRA', 'NASPCLoRA',
+                                          'ConvBottleneckLoRA'])
+def test_deprecated_alpha_still_scales_with_a_warning(adapter_type):
+    """``alpha`` was ``lora_alpha``'s name: old configs keep building, with a FutureWarning."""
+    with pytest.warns(FutureWarning, match=f'{adapter_type}: `alpha` is deprecated, use '
+                      '`lora_alpha`'):
+        model = Blocks()
+        inject_adapters(model, dict(type=adapter_type, rank=2, alpha=6), target=r'\.qkv$')
+    assert {a.scaling for _, a in iter_adapters(model)} == {3.}
+
+
+def test_deprecated_alpha_given_with_lora_alpha_is_refused():
+    # A config setting `alpha` over a _base_ adapter with `lora_alpha` merges into both.
+    with pytest.raises(ValueError, match='got both lora_alpha=32 and alpha=16'):
+        LoRA(nn.Linear(4, 12), lora_alpha=32, alpha=16)
+    with pytest.raises(ValueError, match='rename its `alpha` to `lora_alpha`'):
+        inject_adapters(Blocks(), dict(type='NASLoRA', lora_alpha=32, alpha=16),
+                        target=r'\.qkv$')
+
+
+def test_adapter_files_recorded_with_alpha_match_lora_alpha_configs():
+    """Adapter files and resume stamps written before the rename record ``alpha``."""
+    from mmseg_naslora.models.utils.adapter_io import describe_model, description_diff
+
+    def described(**adapter):
+        return describe_model(dict(backbone=dict(type='SAMViT', adapter=adapter)))
+
+    old = described(type='NASLoRA', rank=3, alpha=32)
+    assert description_diff(old, described(type='NASLoRA', rank=3, lora_alpha=32.)) == []
+    assert description_diff(old, described(type='NASLoRA', rank=3)) == []  # the default
+    assert description_diff(old, described(type='NASLoRA', rank=3, lora_alpha=16)) == ['adapter']
+
+
 def test_empty_adapter_blocks_says_the_list_is_empty():
     with pytest.raises(ValueError, match=r'adapter_blocks=\[\] is an empty list') as info:
         inject_adapters(Blocks(), dict(type='LoRA'), target=r'\.qkv$', blocks=[])
     assert 'target' not in str(info.value)  # the old message blamed the regex
+
+
+@pytest.mark.parametrize('in_features', [144, 1152])  # Hiera-L's narrowest and widest qkv
+def test_init_a_randn_is_the_sam2lora_reference_draw(in_features):
+    """The reference draws A as randn(in, r) / sqrt(r); peft draws Kaiming-uniform."""
+    torch.manual_seed(0)
+    rank = 64
+    base = nn.Linear(in_features, 3 * in_features)
+    randn = LoRA(base, rank=rank, lora_alpha=128, init_a='randn').lora_A.weight
+    kaiming = LoRA(base, rank=rank, lora_alpha=128).lora_A.weight
+    assert randn.std().item() == pytest.approx(1 / math.sqrt(rank), rel=0.05)
+    assert randn.mean().abs().item() < 0.01
+    bound = 1 / math.sqrt(in_features)  # kaiming_uniform_(a=sqrt(5)) of nn.Linear
+    assert kaiming.abs().max().item() <= bound
+    assert kaiming.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.05)
+    ratio = randn.std().item() / kaiming.std().item()
+    assert ratio == pytest.approx(math.sqrt(3 * in_features) / math.sqrt(rank), rel=0.08)
+    with pytest.raises(ValueError, match="init_a must be 'kaiming' or 'randn'"):
+        LoRA(base, init_a='gaussian')

@@ -72,11 +72,14 @@ def test_bad_inputs_and_archs_are_refused_clearly():
         SAM2Hiera(arch={k: v for k, v in TINY_HIERA.items() if k != 'window_spec'})
     with pytest.raises(ValueError, match='query-pooling blocks'):
         SAM2Hiera(arch=dict(TINY_HIERA, global_att_blocks=(2, )))
+    with pytest.raises(ValueError, match=r'adapter_blocks=\[\] is an empty list') as info:
+        tiny_hiera(adapter=dict(type='LoRA'), adapter_blocks=[])
+    assert 'target' not in str(info.value)
 
 
 def test_official_checkpoint_round_trip_and_equal_output_at_init(official_sam2):
     sam2, path = official_sam2
-    model = tiny_hiera(checkpoint=path, adapter=dict(type='LoRA', rank=3, alpha=6, dropout=0.1))
+    model = tiny_hiera(checkpoint=path, adapter=dict(type='LoRA', rank=3, lora_alpha=6, dropout=0.1))
     model.init_weights()
     got = model.image_encoder.state_dict()
     for key, value in sam2.image_encoder.state_dict().items():
@@ -122,7 +125,7 @@ def test_missing_no_mem_embed_and_foreign_files_are_refused(official_sam2, tmp_p
 
 def test_lora_counts_and_trainable_parameters_match_the_formula():
     rank = 4
-    model = tiny_hiera(adapter=dict(type='LoRA', rank=rank, alpha=2 * rank, dropout=0.1))
+    model = tiny_hiera(adapter=dict(type='LoRA', rank=rank, lora_alpha=2 * rank, dropout=0.1))
     assert model.adapted_layers == [f'trunk.blocks.{i}.attn.qkv' for i in range(5)]
     # qkv: Linear(dim, 3 * dim_out); LoRA adds A (rank x dim) and B (3 dim_out x rank).
     expected = sum(rank * (dim + 3 * dim_out) for dim, dim_out in TINY_BLOCK_DIMS)

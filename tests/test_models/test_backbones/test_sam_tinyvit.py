@@ -129,6 +129,9 @@ def test_bad_config_errors():
                              num_heads=(1, 1, 1, 1), window_sizes=(7, 7, 7, 7)))
     with pytest.raises(ValueError, match=r'attention blocks 0\.\.9'):
         SAMTinyViT(img_size=64, adapter=dict(type='LoRA'), adapter_blocks=[10])
+    with pytest.raises(ValueError, match=r'adapter_blocks=\[\] is an empty list') as info:
+        SAMTinyViT(img_size=64, adapter=dict(type='LoRA'), adapter_blocks=[])
+    assert 'target' not in str(info.value)  # it used to blame the block regex
     model = SAMTinyViT(img_size=64, adapter=dict(type='LoRA'), adapter_blocks=[0, 9])
     assert model.adapted_layers == ['layers.1.blocks.0.attn.qkv', 'layers.3.blocks.1.attn.qkv']
 
@@ -250,8 +253,8 @@ def test_frozen_stem_runs_without_autograd():
         if p.requires_grad:
             assert torch.allclose(p.grad, grads[n], rtol=1e-4, atol=1e-8), n
 
-    # A later first adapter moves the grad-free prefix; an input that wants
-    # gradients disables it.
+    # Autograd records nothing before the first adapter, wherever it is,
+    # unless the input wants gradients.
     late = _build(adapter=dict(type='LoRA', rank=3), adapter_blocks=[2, 3]).train()
     late.encoder.layers[1].downsample.register_forward_hook(
         lambda m, inp, out: outputs.__setitem__('late1', out))

@@ -84,7 +84,7 @@ def test_only_adapters_train():
 
 
 def test_vit_b_preset_builds_with_lora_parameter_count():
-    model = SAMViT(arch='b', img_size=256, adapter=dict(type='LoRA', rank=3, alpha=32))
+    model = SAMViT(arch='b', img_size=256, adapter=dict(type='LoRA', rank=3, lora_alpha=32))
     assert len(model.adapted_layers) == 12
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert trainable == 12 * (3 * 768 + 3 * 768 * 3)
@@ -94,6 +94,12 @@ def test_vit_b_preset_builds_with_lora_parameter_count():
 def test_unknown_arch():
     with pytest.raises(KeyError, match="choose from \\['b', 'h', 'l'\\]"):
         SAMViT(arch='xl')
+
+
+def test_empty_adapter_blocks_says_the_list_is_empty():
+    with pytest.raises(ValueError, match=r'adapter_blocks=\[\] is an empty list') as info:
+        tiny_vit(adapter=dict(type='LoRA'), adapter_blocks=[])
+    assert 'target' not in str(info.value)
 
 
 def test_activation_checkpointing_matches_plain():

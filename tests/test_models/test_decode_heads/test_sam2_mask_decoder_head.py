@@ -43,7 +43,7 @@ def features(batch=1, h=4, w=4):
 
 def test_loads_official_sam_prompt_encoder_and_mask_decoder(official_sam2):
     sam2, path = official_sam2
-    head = official_head(path, decoder_adapter=dict(type='LoRA', rank=2, alpha=4))
+    head = official_head(path, decoder_adapter=dict(type='LoRA', rank=2, lora_alpha=4))
     assert head.prompt_encoder.state_dict().keys() == sam2.sam_prompt_encoder.state_dict().keys()
     assert all(torch.equal(v, head.prompt_encoder.state_dict()[k])
                for k, v in sam2.sam_prompt_encoder.state_dict().items())
@@ -89,9 +89,9 @@ def test_backbone_and_head_reproduce_sam2_image_predictor(official_sam2):
     with torch.no_grad():
         _, _, ref = predictor._predict(None, None, multimask_output=False, return_logits=True)
     backbone = SAM2Hiera(arch=TINY_HIERA, out_channels=TINY_DIM, checkpoint=path,
-                         adapter=dict(type='LoRA', rank=2, alpha=4, dropout=0.1))
+                         adapter=dict(type='LoRA', rank=2, lora_alpha=4, dropout=0.1))
     backbone.init_weights()
-    head = official_head(path, decoder_adapter=dict(type='LoRA', rank=2, alpha=4, dropout=0.1))
+    head = official_head(path, decoder_adapter=dict(type='LoRA', rank=2, lora_alpha=4, dropout=0.1))
     mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
     std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
     x = (torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255 - mean) / std
@@ -104,7 +104,7 @@ def test_backbone_and_head_reproduce_sam2_image_predictor(official_sam2):
 def test_decoder_lora_counts_and_trainable_parameters_match_the_formula():
     rank, dim = 4, TINY_DIM
     head = SAM2MaskDecoderHead(loss_decode=COMPOSITE, **SMALL,
-                               decoder_adapter=dict(type='LoRA', rank=rank, alpha=2 * rank,
+                               decoder_adapter=dict(type='LoRA', rank=rank, lora_alpha=2 * rank,
                                                     dropout=0.1))
     names = head.decoder_adapted_layers
     attns = [f'layers.{i}.{a}' for i in range(2)
@@ -147,7 +147,7 @@ def test_without_adapters_the_decoder_trains_except_prompt_iou_and_object_heads(
 def test_decoder_lora_equals_the_frozen_decoder_at_init(official_sam2):
     _, path = official_sam2
     plain = official_head(path)
-    adapted = official_head(path, decoder_adapter=dict(type='LoRA', rank=4, alpha=8,
+    adapted = official_head(path, decoder_adapter=dict(type='LoRA', rank=4, lora_alpha=8,
                                                        dropout=0.1))
     feats = features(batch=2)
     adapted.train()  # B = 0: LoRA dropout has nothing to drop yet
@@ -158,7 +158,7 @@ def test_decoder_lora_equals_the_frozen_decoder_at_init(official_sam2):
 def test_only_decoder_lora_learns_with_the_composite_loss():
     torch.manual_seed(0)
     head = SAM2MaskDecoderHead(loss_decode=COMPOSITE, **SMALL,
-                               decoder_adapter=dict(type='LoRA', rank=4, alpha=8))
+                               decoder_adapter=dict(type='LoRA', rank=4, lora_alpha=8))
     before = {n: p.clone() for n, p in head.named_parameters()}
     feats = features(batch=2)
     masks = torch.zeros(2, 64, 64, dtype=torch.long)

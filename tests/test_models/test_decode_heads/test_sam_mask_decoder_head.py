@@ -111,3 +111,66 @@ def test_invalid_settings_are_refused_clearly():
         SAMMaskDecoderHead(num_classes=5, num_mask_tokens=3, loss_decode=LOSS)
     with pytest.raises(ValueError, match="mode must be 'set' or 'per_class'"):
         SAMMaskDecoderHead(num_classes=5, mode='panoptic', loss_decode=LOSS)
+
+
+def test_mask_token_1_is_segment_anythings_first_multimask_output(official_sam):
+    """The SAM2LoRA reference trains the first mask of multimask_output=True."""
+    sam, path = official_sam
+    head = tiny_head(checkpoint=path, mask_token=1)
+    head.init_weights()
+    emb = torch.randn(1, 32, 4, 4)
+    with torch.no_grad():
+        sparse, dense = sam.prompt_encoder(points=None, boxes=None, masks=None)
+        ref, ref_iou = sam.mask_decoder(emb, sam.prompt_encoder.get_dense_pe(), sparse, dense,
+                                        multimask_output=True)
+        logits, iou_token = head._logits_and_iou([emb])
+    assert torch.allclose(logits, torch.nn.functional.interpolate(
+        ref[:, :1], scale_factor=4, mode='bilinear', align_corners=False), atol=1e-5)
+    iou = head.mask_decoder.iou_prediction_head(iou_token)
+    assert torch.allclose(iou[:, 1:], ref_iou, atol=1e-5)
+
+
+def test_iou_loss_is_the_mean_absolute_error_against_sklearns_jaccard():
+    from sklearn.metrics import jaccard_score
+    torch.manual_seed(0)
+    head = tiny_head(mask_token=2, iou_loss_weight=0.1)
+    feats = [torch.randn(2, 32, 4, 4)]
+    labels = torch.zeros(2, 64, 64, dtype=torch.long)
+    labels[0, 8:40, 8:40] = 1
+    labels[1, 20:60, 4:30] = 1
+    labels[1, :6] = 255  # left out of the IoU as of every loss
+    losses = head.loss(feats, samples(labels), train_cfg={})
+    with torch.no_grad():
+        logits, iou_token = head._logits_and_iou(feats)
+        predicted = head.mask_decoder.iou_prediction_head(iou_token)[:, 2]
+    errors = []
+    for i in range(2):
+        keep = (labels[i] != 255).flatten().numpy()
+        y_pred = (logits[i, 0] > 0).flatten().numpy()[keep]
+        y_true = (labels[i] == 1).flatten().numpy()[keep]
+        errors.append(abs(predicted[i].item() - jaccard_score(y_true, y_pred, zero_division=0)))
+    assert losses['loss_iou'].item() == pytest.approx(0.1 * sum(errors) / 2, abs=1e-5)
+    assert 'loss_ce' in losses
+
+
+@pytest.mark.parametrize('iou_loss_weight', [0., 0.1])
+def test_iou_head_trains_only_with_the_iou_loss(iou_loss_weight):
+    head = tiny_head(mask_token=1, iou_loss_weight=iou_loss_weight)
+    labels = torch.randint(0, 2, (2, 64, 64))
+    losses = head.loss([torch.randn(2, 32, 4, 4)], samples(labels), train_cfg={})
+    sum(v for k, v in losses.items() if k.startswith('loss')).backward()
+    iou_head = list(head.mask_decoder.iou_prediction_head.parameters())
+    assert all(p.requires_grad == (iou_loss_weight > 0) for p in iou_head)
+    if iou_loss_weight:
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in iou_head)
+    assert not [n for n, p in head.named_parameters() if p.requires_grad and p.grad is None]
+
+
+def test_mask_token_and_iou_loss_are_checked():
+    with pytest.raises(ValueError, match='mask_token=4'):
+        tiny_head(mask_token=4)
+    with pytest.raises(ValueError, match='iou_loss_weight must be >= 0'):
+        tiny_head(iou_loss_weight=-1)
+    with pytest.raises(ValueError, match='binary head'):
+        SAMMaskDecoderHead(num_classes=3, mode='per_class', mask_token=1, **TINY_DECODER,
+                           loss_decode=LOSS)

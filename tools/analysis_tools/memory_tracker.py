@@ -6,7 +6,7 @@ what ``torch.cuda.max_memory_allocated`` reports for the same step. Run under
 ``torch._subclasses.fake_tensor.FakeTensorMode`` together with
 :class:`AllValidMode`, it gives the peak of a 1024² ViT-H step on a laptop:
 fake tensors only carry shapes, so nothing is allocated or computed.
-``tools/benchmark.py --fake-memory`` is its front end.
+``fake_memory.py`` (a training step) and ``benchmark_loss.py`` (a loss) beside it use it.
 """
 import weakref
 from collections import OrderedDict

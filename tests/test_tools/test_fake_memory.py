@@ -1,4 +1,4 @@
-"""tools/benchmark.py --fake-memory: exact tensor accounting of a training step, fake or real."""
+"""tools/analysis_tools/fake_memory.py: exact tensor accounting of a training step, fake or real."""
 import json
 import os
 import os.path as osp
@@ -6,20 +6,18 @@ import subprocess
 import sys
 
 import pytest
-import torch
+from conftest import REPO_ROOT
 
-REPO_ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-sys.path.insert(0, osp.join(REPO_ROOT, 'tools'))
-import benchmark  # noqa: E402
-
-from mmseg_naslora.utils import memory_tracker  # noqa: E402
+sys.path.insert(0, osp.join(REPO_ROOT, 'tools', 'analysis_tools'))
+import benchmark_models  # noqa: E402
+import memory_tracker  # noqa: E402
 
 MIB = 2**20
 
 
 def run_tool(out, *args, timeout=600):
     env = dict(os.environ, OMP_NUM_THREADS='1')
-    proc = subprocess.run([sys.executable, 'tools/benchmark.py', '--quick', '--fake-memory',
+    proc = subprocess.run([sys.executable, 'tools/analysis_tools/fake_memory.py', '--quick',
                            '--out', str(out), *args], cwd=REPO_ROOT, capture_output=True,
                           text=True, timeout=timeout, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -45,7 +43,8 @@ def blocks(numel: int, itemsize: int = 4) -> int:
 
 def model_bytes(method: str) -> dict:
     """The exact params/buffers/grads/AdamW-state bytes of ``method``'s tiny model."""
-    model = benchmark.build(benchmark.parse_args(['--quick']), method)[0]
+    args = benchmark_models.parse_model_args(benchmark_models.model_parser('test'), ['--quick'])
+    model = benchmark_models.build(args, method)[0]
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     return dict(
         params=sum(blocks(p.numel()) for p in model.parameters()),
@@ -59,7 +58,8 @@ def model_bytes(method: str) -> dict:
 
 def test_every_row_and_column(fake, rows):
     result, stdout = fake
-    expected = [m for m in benchmark.METHODS if m != 'sam2lora' or benchmark.sam2_available()]
+    expected = [m for m in benchmark_models.METHODS
+                if m != 'sam2lora' or benchmark_models.sam2_available()]
     assert list(rows) == expected
     for name, row in rows.items():
         assert 'error' not in row, (name, row.get('error'))
@@ -121,53 +121,3 @@ def test_fake_matches_real_tensors(rows, tmp_path):
         assert fake['peak_mib'] == pytest.approx(real['peak_mib'], rel=0.02), real['method']
         for kind, value in real['at_peak_mib'].items():
             assert fake['at_peak_mib'][kind] == pytest.approx(value, rel=0.02, abs=0.01)
-
-
-@pytest.fixture
-def one_thread():
-    """Op-internal scratch buffers (matmul packing) grow with the thread count: use one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.mark.parametrize('method', ['lora', 'full'])
-def test_tracker_matches_cpu_allocator(method, one_thread):
-    """Independent check of the accounting: every c10 CPU allocation of a real step."""
-    import gc
-
-    from torch.profiler import ProfilerActivity, profile
-    model, wrapper, batch, _ = benchmark.build(benchmark.parse_args(['--quick']), method,
-                                               gpu_like=True)
-
-    def plan():
-        # What NASStageHook gives a stage-2 iteration: α steps (these models have none).
-        if hasattr(model, 'set_step_plan'):
-            model.set_step_plan(model.nas_stage, True)
-
-    model.train()
-    plan()
-    model.train_step(batch, wrapper)
-    gc.collect()
-    plan()
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        with memory_tracker.StorageTracker(block=1).start(
-                model, [wrapper.optimizer], benchmark._batch_tensors(batch)) as tracker:
-            start = tracker.total
-            model.train_step(batch, wrapper)
-    kineto = getattr(getattr(prof.profiler, 'kineto_results', None), 'events', None)
-    if kineto is None:
-        pytest.skip('this torch.profiler exposes no raw memory events')
-    events = sorted((e for e in kineto() if e.name() == '[memory]'), key=lambda e: e.start_ns())
-    live = peak = 0
-    for event in events:  # allocations (+bytes) and frees (-bytes) in time order
-        live += event.nbytes()
-        peak = max(peak, live)
-    assert events and live == pytest.approx(0, abs=4096)  # a step leaves nothing behind
-    # The tracker sees every tensor but no op-internal buffer, of which the
-    # largest here is the int64 nonzero() index that mmseg's boolean label
-    # masks (B, H, W) make inside the loss's index op: 24 bytes a pixel.
-    args = benchmark.parse_args(['--quick'])
-    nonzero_index = args.batch_size * args.size**2 * 3 * 8
-    assert 0 <= peak - (tracker.peak - start) <= nonzero_index + 4096

@@ -1,4 +1,5 @@
-"""Reliability of training runs: adapter files, NaN stop, resume checks, lr on resume, saves."""
+"""The hooks ``add_reliability_hooks`` adds, in real runs: adapter files, NaN stop,
+resume checks, lr on resume, saves."""
 import glob
 import os.path as osp
 
@@ -132,7 +133,7 @@ def test_resume_with_another_adapter_is_refused(tmp_path, binary_dataset, offici
     Runner.from_cfg(cfg).train()
     before = outputs_written(cfg.work_dir)
     cfg2 = make_cfg(tmp_path, binary_dataset, sam_path, max_iters=4)
-    cfg2.model.backbone.adapter = dict(type='NASLoRA', rank=3, alpha=32, op_variant='darts')
+    cfg2.model.backbone.adapter = dict(type='NASLoRA', rank=3, lora_alpha=32, op_variant='darts')
     cfg2.work_dir, cfg2.resume = cfg.work_dir, True
     with pytest.raises(ValueError, match='cannot resume from this checkpoint') as info:
         Runner.from_cfg(cfg2).train()
