@@ -65,7 +65,7 @@ def test_checkpointed_blocks_match_plain_blocks(name):
         return original(fn, *args, **kwargs)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr('mmseg_naslora.models.backbones.sam_vit.cp.checkpoint', spy)
+        mp.setattr('mmseg_naslora.models.backbones.frozen_sam_encoder.cp.checkpoint', spy)
         out_ckpt, grads_ckpt = forward_backward(ckpt, x)
     out_plain, grads_plain = forward_backward(plain, x)
     assert calls, 'with_cp=True ran no block through torch.utils.checkpoint'
