@@ -323,7 +323,7 @@ class SAMMaskDecoderHead(BaseDecodeHead):
 
     def _logits_and_iou(self, inputs: Sequence[torch.Tensor]
                         ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Logits at the input size and the IoU head's ``(B, T)`` predictions."""
+        """Logits at the input size and the IoU token's ``(B, C)`` output."""
         masks, _, iou_token_out = self._decode(*self._decoder_inputs(inputs))
         if self.mode == 'binary':
             masks = masks[:, self.mask_token:self.mask_token + 1]
