@@ -15,7 +15,7 @@ conversion is :func:`mmseg_naslora.models.adapters.export.export_adapters`.
 ``--mode adapters`` instead writes ``OUT_DIR/adapters.safetensors``: the
 trained tensors of the checkpoint only, to share and to load onto the base
 SAM checkpoint with ``tools/test.py CONFIG OUT_DIR/adapters.safetensors``
-(:mod:`mmseg_naslora.models.utils.adapter_io`).
+(:mod:`mmseg_naslora.checkpoint.adapter_file`).
 """
 import argparse
 import copy
@@ -34,9 +34,9 @@ from mmengine.runner.checkpoint import _load_checkpoint
 from mmseg.registry import DATASETS, MODELS
 
 import mmseg_naslora  # noqa: F401  (registers modules and the checkpoint loader fix)
-from mmseg_naslora.engine.atomic_io import atomic_torch_save, atomic_write_bytes
+from mmseg_naslora.checkpoint.atomic_io import atomic_torch_save, atomic_write_bytes
 from mmseg_naslora.models.adapters.export import EXPORT_MODES, export_adapters
-from mmseg_naslora.models.utils.adapter_io import (adapter_state_dict, base_checkpoints,
+from mmseg_naslora.checkpoint.adapter_file import (adapter_state_dict, base_checkpoints,
                                                    load_adapter_file, save_adapters)
 from mmseg_naslora.utils.timing import timed_in_turns
 
@@ -177,7 +177,7 @@ def load_trained(model: torch.nn.Module, cfg: Config, config: str, path: str) ->
         raise SystemExit(f'checkpoint {path} does not exist.')
     if path.endswith('.safetensors'):
         try:
-            load_adapter_file(model, path, cfg.model)
+            load_adapter_file(model, path)
         except ValueError as error:
             raise SystemExit(str(error)) from None
         return

@@ -11,10 +11,17 @@ step with it. In ``tools/train.py`` a config turns one off with e.g.
 None only for mmengine's own hook names) and tunes one with
 ``default_hooks = dict(adapter_checkpoint=dict(strict=False))`` or
 ``--cfg-options default_hooks.adapter_checkpoint.strict=False``.
+
+The schedules' ``CheckpointHook`` also saves through the atomic storage
+backend (:data:`~mmseg_naslora.checkpoint.mmengine_io.ATOMIC_BACKEND_ARGS`);
+:func:`add_reliability_hooks` sets it on a checkpoint hook that names no
+backend.
 """
 import copy
 
 from mmengine.config import Config
+
+from ..checkpoint.mmengine_io import ATOMIC_BACKEND_ARGS
 
 RELIABILITY_HOOKS = dict(
     work_dir_guard=dict(type='WorkDirGuardHook'),
@@ -30,7 +37,8 @@ def add_reliability_hooks(cfg: Config) -> None:
 
     An entry the config sets to None is removed (mmengine accepts None only
     for its own default hook names); an entry without ``type`` updates the
-    default's arguments.
+    default's arguments. A checkpoint hook without ``backend_args`` (or
+    mmengine's default one) gets the atomic backend.
     """
     hooks = cfg.get('default_hooks')
     if hooks is None:
@@ -44,3 +52,8 @@ def add_reliability_hooks(cfg: Config) -> None:
         elif 'type' not in hooks[name]:
             # e.g. --cfg-options default_hooks.adapter_checkpoint.strict=False
             hooks[name] = dict(copy.deepcopy(hook), **hooks[name])
+    checkpoint = hooks.get('checkpoint', dict(type='CheckpointHook', interval=1))  # mmengine's
+    remote = '://' in str((checkpoint or {}).get('out_dir') or '')
+    if checkpoint is not None and not remote and not checkpoint.get('backend_args') \
+            and not checkpoint.get('file_client_args'):
+        hooks['checkpoint'] = dict(checkpoint, backend_args=copy.deepcopy(ATOMIC_BACKEND_ARGS))

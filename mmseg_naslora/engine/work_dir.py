@@ -32,7 +32,7 @@ from typing import Dict, List, Optional
 
 from mmengine.logging import print_log
 
-from .atomic_io import remove_stale_tmp
+from ..checkpoint.atomic_io import remove_stale_tmp
 
 LOCK_FILE = '.lock'
 LAST_CHECKPOINT = 'last_checkpoint'

@@ -32,7 +32,7 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
 def apply_trust_checkpoint(args: argparse.Namespace) -> None:
     """``--trust-checkpoint``: opt in to full unpickling for this process (and its ranks)."""
     if getattr(args, 'trust_checkpoint', False):
-        from mmseg_naslora.engine.checkpoint_loader import TRUST_ENV
+        from mmseg_naslora.checkpoint.safe_load import TRUST_ENV
         os.environ[TRUST_ENV] = '1'
 
 

@@ -16,6 +16,7 @@ from mmengine.config import Config
 from mmseg.registry import HOOKS, MODELS
 
 import mmseg_naslora  # noqa: F401  (registers every module the configs name)
+from mmseg_naslora.checkpoint.mmengine_io import ATOMIC_BACKEND_ARGS
 from mmseg_naslora.engine.reliability_defaults import RELIABILITY_HOOKS
 from mmseg_naslora.models.segmentors import AdapterEncoderDecoder, NASEncoderDecoder
 
@@ -239,6 +240,9 @@ def test_a_stock_runner_gets_the_safety_hooks(path):
     hooks = load(path).default_hooks
     for name, hook in RELIABILITY_HOOKS.items():
         assert hooks.get(name) == hook, f'{osp.relpath(path, REPO_ROOT)}: default_hooks.{name}'
+    # ... and saves its checkpoints atomically.
+    assert hooks.checkpoint.get('backend_args') == ATOMIC_BACKEND_ARGS, \
+        f'{osp.relpath(path, REPO_ROOT)}: default_hooks.checkpoint.backend_args'
 
 
 def flatten(node, prefix: str = '') -> dict:

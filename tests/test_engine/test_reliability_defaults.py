@@ -1,6 +1,8 @@
 """The hooks ``add_reliability_hooks`` adds, in real runs: adapter files, NaN stop,
 resume checks, lr on resume, saves."""
+import builtins
 import glob
+import io
 import os.path as osp
 
 import pytest
@@ -10,8 +12,8 @@ from mmengine.config import Config
 from mmengine.runner import Runner
 
 import mmseg_naslora  # noqa: F401
+from mmseg_naslora.checkpoint.adapter_file import read_adapters
 from mmseg_naslora.engine.reliability_defaults import add_reliability_hooks
-from mmseg_naslora.models.utils.adapter_io import read_adapters
 
 
 def make_cfg(tmp_path, data_root, sam_path, name='run', max_iters=2, extra='', **kw):
@@ -167,17 +169,18 @@ def test_kill_during_checkpoint_save_keeps_previous(tmp_path, binary_dataset, of
     _, sam_path = official_sam
     cfg = make_cfg(tmp_path, binary_dataset, sam_path, max_iters=4)
     runner = Runner.from_cfg(cfg)
-    real_save = torch.save
-    calls = []
+    real_open = builtins.open
 
-    def dying_save(obj, f, *args, **kwargs):
-        calls.append(f)
-        if len(calls) == 2:  # the second checkpoint: write half, then die
-            real_save(obj, f, *args, **kwargs)
-            f.truncate(f.tell() // 2)
+    class DyingFile(io.FileIO):
+        def write(self, data):  # write half of the second checkpoint, then die
+            super().write(bytes(data)[:len(data) // 2])
             raise KeyboardInterrupt('killed during save')
-        return real_save(obj, f, *args, **kwargs)
-    monkeypatch.setattr(torch, 'save', dying_save)
+
+    def dying_open(file, mode='r', *args, **kwargs):
+        if 'iter_4.pth' in str(file) and 'w' in mode:
+            return DyingFile(file, 'w')
+        return real_open(file, mode, *args, **kwargs)
+    monkeypatch.setattr(builtins, 'open', dying_open)
     with pytest.raises(KeyboardInterrupt):
         runner.train()
     monkeypatch.undo()
@@ -200,4 +203,12 @@ def test_reliability_hooks_defaults_and_overrides():
     cfg = Config(dict())
     add_reliability_hooks(cfg)
     assert set(cfg.default_hooks) == {'work_dir_guard', 'startup_check', 'nonfinite_loss',
-                                      'adapter_checkpoint', 'resume_lr'}
+                                      'adapter_checkpoint', 'resume_lr', 'checkpoint'}
+    # mmengine's default checkpoint hook, made atomic; a remote or chosen backend is kept.
+    assert cfg.default_hooks.checkpoint == dict(type='CheckpointHook', interval=1,
+                                                backend_args=dict(backend='atomic_local'))
+    for own in (dict(type='CheckpointHook', out_dir='s3://bucket/run'),
+                dict(type='CheckpointHook', backend_args=dict(backend='local'))):
+        cfg = Config(dict(default_hooks=dict(checkpoint=own)))
+        add_reliability_hooks(cfg)
+        assert cfg.default_hooks.checkpoint == own

@@ -8,7 +8,7 @@ import sys
 import torch
 from conftest import REPO_ROOT, tiny_config
 
-from mmseg_naslora.models.utils.adapter_io import read_adapters
+from mmseg_naslora.checkpoint.adapter_file import read_adapters
 
 
 def run_tool(*args, ok=True):
@@ -50,5 +50,5 @@ def test_train_export_and_test_with_adapter_file(tmp_path, binary_dataset, offic
 
     full = metrics(run_tool('tools/test.py', cfg, ckpt, '--work-dir', work))
     light = run_tool('tools/test.py', cfg, exported, '--work-dir', work)
-    assert 'loaded adapters from' in light
+    assert f'frozen weights from {sam_path}, trained tensors from {exported}' in light
     assert metrics(light) == full and full

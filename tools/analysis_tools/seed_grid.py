@@ -33,7 +33,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, List, Optional, Sequence
 
-from mmseg_naslora.engine.atomic_io import atomic_write_bytes
+from mmseg_naslora.checkpoint.atomic_io import atomic_write_bytes
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 RESULT_FILE = 'grid_result.json'
@@ -78,7 +78,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 def train_command(args: argparse.Namespace, run: List[str], seed: int,
                   work_dir: str) -> List[str]:
     """The ``tools/train.py`` command line of one grid cell."""
-    name, config, options = run[0], run[1], run[2:]
+    config, options = run[1], run[2:]
     # A cell without a result was interrupted: it starts again from scratch.
     command = [sys.executable, osp.join(ROOT, 'tools', 'train.py'), config,
                '--work-dir', work_dir, '--overwrite']

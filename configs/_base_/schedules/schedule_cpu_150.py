@@ -13,7 +13,8 @@ default_hooks = dict(
     timer=dict(type='IterTimerHook'),
     logger=dict(type='LoggerHook', interval=10, log_metric_by_epoch=False),
     param_scheduler=dict(type='ParamSchedulerHook'),
-    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=150, max_keep_ckpts=1),
+    checkpoint=dict(type='CheckpointHook', backend_args=dict(backend='atomic_local'),
+                    by_epoch=False, interval=150, max_keep_ckpts=1),
     sampler_seed=dict(type='DistSamplerSeedHook'),
     visualization=dict(type='SegVisualizationHook'),
     # Safety hooks (mmseg_naslora/engine/reliability_defaults.py), so stock runners get them.

@@ -9,55 +9,9 @@ from mmengine.hooks import Hook
 from mmengine.logging import print_log
 from mmseg.registry import HOOKS
 
-from ...models.utils.adapter_io import (adapter_state_dict, describe_model,
-                                        description_diff, load_adapter_file, save_adapters)
+from ...checkpoint.adapter_file import (adapter_state_dict, describe_model, description_diff,
+                                         save_adapters, set_strict)
 from ...utils.model import unwrap_model
-
-
-def _segmentor(runner):
-    """The segmentor of ``runner`` (inside a DDP wrapper or a TTA model too)."""
-    model = unwrap_model(runner.model)
-    if not hasattr(model, 'backbone') and hasattr(model, 'module'):
-        model = model.module
-    return model
-
-
-def adapter_file_checkpoint(runner, path: str, strict: Optional[bool] = None) -> dict:
-    """Load the adapter file ``path`` into ``runner``'s model; a complete checkpoint.
-
-    Base SAM weights first (if the model was not initialised), then the
-    checks against the config and the adapter tensors
-    (:func:`~mmseg_naslora.models.utils.adapter_io.load_adapter_file`). The
-    returned ``state_dict`` is the whole model's, so mmengine's own load that
-    follows changes nothing and reports no missing key.
-
-    Args:
-        runner: The mmengine runner loading ``path`` (``load_from``).
-        path (str): The adapter file.
-        strict (bool, optional): None takes the ``strict`` of the runner's
-            :class:`AdapterCheckpointHook`, True without one.
-
-    Raises:
-        ValueError: ``--resume`` with an adapter file (it has no optimizer
-            state or iteration), or a file that does not match the config.
-    """
-    if getattr(runner, '_resume', False):
-        raise ValueError(
-            f'cannot resume from the adapter file {path!r}: it holds weights only '
-            '(no optimizer, scheduler or iteration). Use load_from (or tools/test.py) '
-            'for adapter files, and --resume with a .pth training checkpoint.')
-    if strict is None:
-        hooks = [h for h in getattr(runner, 'hooks', []) if isinstance(h, AdapterCheckpointHook)]
-        strict = hooks[0].strict if hooks else True
-    model = _segmentor(runner)
-    metadata = load_adapter_file(model, path, runner.cfg.model, strict=strict)
-    print_log(f'AdapterCheckpointHook: loaded adapters from {path} onto the base '
-              'weights of the config', logger='current')
-    # mmengine loads into the unwrapped runner.model (a TTA model included).
-    state = unwrap_model(runner.model).state_dict()
-    return dict(state_dict=state,
-                meta=dict(adapter_file=path, adapter_metadata=metadata, adapters_loaded=True,
-                          adapter_cfg=describe_model(runner.cfg.model)))
 
 
 def _likely_cause(missing: List[str], loaded: Mapping) -> str:
@@ -86,19 +40,18 @@ class AdapterCheckpointHook(Hook):
 
     Saving: whenever mmengine's ``CheckpointHook`` saves, the trainable
     tensors of that checkpoint (see
-    :func:`~mmseg_naslora.models.utils.adapter_io.trainable_state_keys`) are
+    :func:`~mmseg_naslora.checkpoint.adapter_file.trainable_state_keys`) are
     written atomically to ``work_dir/filename`` once the ``.pth`` is on disk
     (this hook runs at the lowest priority, after the ``CheckpointHook``).
     The model's adapter config is also stamped into every checkpoint's meta.
 
-    Loading (``after_load_checkpoint``):
+    Loading (``after_load_checkpoint``, before mmengine loads the weights):
 
     - ``load_from='adapters.safetensors'`` (``tools/test.py CONFIG FILE``):
-      the checkpoint loader itself loads the file with
-      :func:`adapter_file_checkpoint` (base SAM weights of the config first
-      if the model was not initialised, then the checks against the config
-      and the tensors), so a stock runner without this hook loads it the
-      same way; this hook only supplies ``strict``.
+      the model completes the file from its base checkpoints as it loads
+      it (:mod:`mmseg_naslora.checkpoint.adapter_file`), with or without
+      this hook; the hook passes its ``strict`` on and refuses ``--resume``
+      from an adapter file (it has no optimizer state or iteration).
     - a ``.pth`` checkpoint (``--resume``, ``load_from``) whose stamped
       adapter config differs in meaning from the config's is refused: its
       tensors would not fit, or would silently be dropped.
@@ -126,14 +79,12 @@ class AdapterCheckpointHook(Hook):
         self._pending: Optional[Dict[str, torch.Tensor]] = None
         self._source = ''
 
-    @staticmethod
-    def _target(runner):
-        """The module mmengine saves and loads (a DDP wrapper's ``module``)."""
-        return unwrap_model(runner.model)
-
     def _model(self, runner):
-        """The segmentor itself (inside a TTA model too)."""
-        return _segmentor(runner)
+        """The segmentor itself (inside a DDP wrapper or a TTA model too)."""
+        model = unwrap_model(runner.model)
+        if not hasattr(model, 'backbone') and hasattr(model, 'module'):
+            model = model.module
+        return model
 
     # Saving ---------------------------------------------------------------
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
@@ -169,11 +120,14 @@ class AdapterCheckpointHook(Hook):
     # Loading --------------------------------------------------------------
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
         meta = checkpoint.get('meta') or {}
-        if meta.get('adapters_loaded'):
-            return  # the checkpoint loader already loaded the file (adapter_file_checkpoint)
         if 'adapter_file' in meta:
-            checkpoint.update(adapter_file_checkpoint(runner, meta['adapter_file'],
-                                                      self.strict))
+            if getattr(runner, '_resume', False):
+                raise ValueError(
+                    f'cannot resume from the adapter file {meta["adapter_file"]!r}: it holds '
+                    'weights only (no optimizer, scheduler or iteration). Use load_from (or '
+                    'tools/test.py) for adapter files, and --resume with a .pth training '
+                    'checkpoint.')
+            set_strict(checkpoint['state_dict'], self.strict)
             return
         self._check_stamped_config(runner, meta.get('adapter_cfg'))
         self._check_complete(runner, checkpoint)

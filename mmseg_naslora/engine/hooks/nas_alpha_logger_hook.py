@@ -13,7 +13,7 @@ from mmengine.logging import print_log
 from mmseg.registry import HOOKS
 
 from ...models.adapters.arch import ArchLayer, arch_layers
-from ...models.utils.adapter_io import atomic_write_bytes
+from ...checkpoint.atomic_io import atomic_write_bytes
 from ...utils.model import unwrap_model
 from ...visualization import (HEATMAP_FILE, TRAJECTORY_FILE, arch_matrix, plot_heatmap,
                               plot_trajectory, short_labels)

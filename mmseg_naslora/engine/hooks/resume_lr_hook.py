@@ -80,7 +80,7 @@ class ResumeLrHook(Hook):
         stamped = (checkpoint.get('meta') or {}).get('adapter_cfg')
         if stamped is None:
             return False
-        from ...models.utils.adapter_io import describe_model, description_diff
+        from ...checkpoint.adapter_file import describe_model, description_diff
         # By meaning, as AdapterCheckpointHook compares (e.g. alpha is lora_alpha).
         return bool(description_diff(stamped, describe_model(runner.cfg.model)))
 

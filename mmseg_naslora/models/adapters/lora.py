@@ -47,7 +47,7 @@ def rename_deprecated_alpha(cfg: Mapping[str, Any], owner: str = 'LoRA') -> dict
 def accepts_deprecated_alpha(init: Callable) -> Callable:
     """Let an adapter ``__init__`` take ``alpha=`` as ``lora_alpha=``, with a FutureWarning."""
 
-    @functools.wraps(init)  # keeps the signature that adapter_io reads defaults from
+    @functools.wraps(init)  # keeps the signature that adapter_file reads defaults from
     def wrapper(self, *args, **kwargs) -> None:
         if 'alpha' in kwargs:
             owner = type(self).__name__

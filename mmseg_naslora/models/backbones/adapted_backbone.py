@@ -36,7 +36,8 @@ from mmseg.registry import MODELS
 
 from ..adapters.inject import (inject_adapters, iter_adapters, replace_module,
                                unwrapped_state_keys)
-from ..utils.checkpoint import load_state_dict_file
+from ...checkpoint.adapter_file import complete_from_base, describe_backbone
+from ...checkpoint.base_weights import load_state_dict_file
 
 #: Backbones whose token layout (class token + global patch grid) is known here.
 SUPPORTED_BACKBONES = (VisionTransformer, BEiT)  # MAE subclasses BEiT
@@ -196,6 +197,8 @@ class AdaptedBackbone(BaseModule):
                 block_pattern=r'(?:^|\.)layers\.(\d+)\.')
             self._set_layout(None)
         self.backbone.patch_embed.register_forward_hook(self._record_grid)
+        self.adapter_description = describe_backbone(type(self).__name__, None, adapter)
+        self.register_load_state_dict_pre_hook(complete_from_base)
 
     # Conversions -------------------------------------------------------------
     def _convert_attention(self) -> None:

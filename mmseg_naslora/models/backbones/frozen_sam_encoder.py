@@ -9,8 +9,9 @@ from mmengine.logging import print_log
 from mmengine.model import BaseModule
 
 from ..adapters.inject import check_adapter_blocks, inject_adapters, track_valid_size
-from ..utils.checkpoint import load_base_weights, load_state_dict_file, sub_state_dict
-from ..utils.medsam import resolve_checkpoint
+from ...checkpoint.adapter_file import complete_from_base, describe_backbone
+from ...checkpoint.base_weights import load_base_weights, load_state_dict_file, sub_state_dict
+from ...checkpoint.medsam import resolve_checkpoint
 
 # Where the adapters go in every SAM encoder: the fused qkv of each attention.
 QKV_SUFFIX = '.attn.qkv'
@@ -24,7 +25,9 @@ class FrozenSAMEncoder(BaseModule):
     load key for key), then calls :meth:`_freeze_and_adapt`; it keeps its
     arch presets and its forward. This class owns what they share: freezing,
     the injection of the adapters, loading :attr:`checkpoint` in
-    :meth:`init_weights`, activation checkpointing and the input-size check.
+    :meth:`init_weights` (and for an adapter file, see
+    :func:`~mmseg_naslora.checkpoint.adapter_file.complete_from_base`),
+    activation checkpointing and the input-size check.
 
     Args:
         checkpoint (str, optional): A checkpoint with ``image_encoder.*``
@@ -48,10 +51,16 @@ class FrozenSAMEncoder(BaseModule):
         self.freeze = freeze
         self.with_cp = with_cp
         self.adapted_layers: List[str] = []
+        self.register_load_state_dict_pre_hook(complete_from_base)
 
-    def _freeze_and_adapt(self, adapter: Optional[dict],
+    def _freeze_and_adapt(self, arch, adapter: Optional[dict],
                           adapter_blocks: Optional[Sequence[int]]) -> None:
-        """Freeze the built modules (with :attr:`freeze`), then inject ``adapter``."""
+        """Freeze the built modules (with :attr:`freeze`), then inject ``adapter``.
+
+        ``arch`` and ``adapter`` as configured are what an adapter file must
+        agree with (:attr:`adapter_description`).
+        """
+        self.adapter_description = describe_backbone(type(self).__name__, arch, adapter)
         if self.freeze:
             self.requires_grad_(False)
         if adapter is None:

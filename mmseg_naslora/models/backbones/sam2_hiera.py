@@ -121,7 +121,7 @@ class SAM2Hiera(FrozenSAMEncoder):
         # SAM2Base keeps it as (1, 1, C), the (HW, B, C) token layout.
         self.no_mem_embed = nn.Parameter(torch.zeros(1, 1, out_channels))
         trunc_normal_(self.no_mem_embed, std=0.02)
-        self._freeze_and_adapt(adapter, adapter_blocks)
+        self._freeze_and_adapt(arch, adapter, adapter_blocks)
 
     @staticmethod
     def _parse_arch(arch: Union[str, dict]) -> dict:

@@ -126,7 +126,7 @@ class SAMTinyViT(FrozenSAMEncoder):
             local_conv_size=local_conv_size)
         self.attn_blocks: List[str] = [name for name, m in self.encoder.named_modules()
                                        if isinstance(m, TinyViTBlock)]
-        self._freeze_and_adapt(adapter, adapter_blocks)
+        self._freeze_and_adapt(arch, adapter, adapter_blocks)
 
     @staticmethod
     def _parse_arch(arch: Union[str, dict]) -> dict:

@@ -7,7 +7,7 @@ import torch.nn as nn
 from mmseg.registry import MODELS
 from segment_anything.modeling import ImageEncoderViT
 
-from ..utils.checkpoint import resize_pos_embed, resize_rel_pos
+from ...checkpoint.base_weights import resize_pos_embed, resize_rel_pos
 from .frozen_sam_encoder import FrozenSAMEncoder, arch_preset, check_multiple_of
 
 # Kirillov et al., "Segment Anything", ICCV 2023 (build_sam.py).
@@ -74,7 +74,7 @@ class SAMViT(FrozenSAMEncoder):
             qkv_bias=True,
             use_rel_pos=True,
             norm_layer=partial(nn.LayerNorm, eps=1e-6))
-        self._freeze_and_adapt(adapter, adapter_blocks)
+        self._freeze_and_adapt(arch, adapter, adapter_blocks)
 
     @staticmethod
     def _parse_arch(arch: Union[str, dict]) -> dict:

@@ -10,7 +10,8 @@ from mmseg.models.decode_heads.decode_head import BaseDecodeHead
 from mmseg.registry import MODELS
 from segment_anything.modeling import MaskDecoder, PromptEncoder, TwoWayTransformer
 
-from ..utils.checkpoint import load_base_weights, load_state_dict_file, sub_state_dict
+from ...checkpoint.adapter_file import complete_from_base
+from ...checkpoint.base_weights import load_base_weights, load_state_dict_file, sub_state_dict
 
 # Decoder head class -> its set-prediction class, filled in where those are
 # defined: ``SAMMaskDecoderHead(mode='set')`` builds the set head.
@@ -171,6 +172,7 @@ class SAMMaskDecoderHead(BaseDecodeHead):
         del self.conv_seg  # SAM's hypernetwork tokens replace the 1x1 classifier
         self.mode = 'binary' if binary else mode
         self.checkpoint = checkpoint
+        self.register_load_state_dict_pre_hook(complete_from_base)  # adapter files
         self.embed_stride = embed_stride
         self.prompt_encoder, self.mask_decoder = self._build_sam_modules(
             channels, num_multimask_outputs=num_multimask_outputs,

@@ -171,7 +171,7 @@ def test_deprecated_alpha_given_with_lora_alpha_is_refused():
 
 def test_adapter_files_recorded_with_alpha_match_lora_alpha_configs():
     """Adapter files and resume stamps written before the rename record ``alpha``."""
-    from mmseg_naslora.models.utils.adapter_io import describe_model, description_diff
+    from mmseg_naslora.checkpoint.adapter_file import describe_model, description_diff
 
     def described(**adapter):
         return describe_model(dict(backbone=dict(type='SAMViT', adapter=adapter)))

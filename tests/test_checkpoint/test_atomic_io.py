@@ -7,8 +7,8 @@ import os.path as osp
 import pytest
 import torch
 
-from mmseg_naslora.engine import atomic_io
-from mmseg_naslora.engine.atomic_io import atomic_torch_save, atomic_write_bytes
+from mmseg_naslora.checkpoint import atomic_io
+from mmseg_naslora.checkpoint.atomic_io import atomic_torch_save, atomic_write_bytes
 
 
 class FullDisk(io.FileIO):
@@ -51,7 +51,26 @@ def test_write_removes_stale_tmp_of_its_target(tmp_path):
     assert (tmp_path / 'exported.pth').read_bytes() == b'data'
 
 
-def test_adapter_io_uses_the_shared_helpers():
-    from mmseg_naslora.models.utils import adapter_io
-    assert adapter_io.atomic_write_bytes is atomic_io.atomic_write_bytes
-    assert adapter_io.sha256_file is atomic_io.sha256_file
+def test_adapter_file_uses_the_shared_helpers():
+    from mmseg_naslora.checkpoint import adapter_file
+    assert adapter_file.atomic_write_bytes is atomic_io.atomic_write_bytes
+    assert adapter_file.sha256_file is atomic_io.sha256_file
+
+
+def test_the_atomic_backend_of_the_checkpoint_hook(tmp_path, monkeypatch):
+    """``backend_args=dict(backend='atomic_local')`` (every schedule's CheckpointHook)."""
+    from mmengine.fileio import LocalBackend, get_file_backend
+
+    from mmseg_naslora.checkpoint.mmengine_io import ATOMIC_BACKEND_ARGS, AtomicLocalBackend
+    path = str(tmp_path / 'iter_4.pth')
+    backend = get_file_backend(path, backend_args=ATOMIC_BACKEND_ARGS)
+    assert isinstance(backend, AtomicLocalBackend) and isinstance(backend, LocalBackend)
+    backend.put(b'good checkpoint', path)
+    backend.put_text('iter_4.pth', str(tmp_path / 'last_checkpoint'))
+    monkeypatch.setattr(atomic_io, 'open', lambda p, mode: FullDisk(p, mode), raising=False)
+    with pytest.raises(OSError, match=f'no space left on device while writing {path}'):
+        backend.put(b'x' * 1000, path)
+    monkeypatch.undo()
+    assert open(path, 'rb').read() == b'good checkpoint'
+    assert (tmp_path / 'last_checkpoint').read_text() == 'iter_4.pth'
+    assert not glob.glob(osp.join(str(tmp_path), '.*tmp*'))

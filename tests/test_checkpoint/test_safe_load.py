@@ -14,7 +14,7 @@ from mmengine.runner import Runner
 from mmengine.runner.checkpoint import CheckpointLoader
 
 import mmseg_naslora  # noqa: F401
-from mmseg_naslora.engine.checkpoint_loader import TRUST_ENV
+from mmseg_naslora.checkpoint.safe_load import TRUST_ENV
 from mmseg_naslora.engine.reliability_defaults import add_reliability_hooks
 
 

@@ -1,4 +1,4 @@
-"""Reading official SAM checkpoints without running pickle code."""
+"""Base weights: reading official SAM checkpoints (no pickle code) into adapted modules."""
 import os.path as osp
 from typing import Dict, Mapping
 
@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..adapters.inject import unwrapped_state_keys
+from ..models.adapters.inject import unwrapped_state_keys
 from .medsam import resolve_checkpoint
 
 

@@ -12,12 +12,13 @@ from mmengine.runner.checkpoint import CheckpointLoader
 from mmseg.registry import MODELS
 
 import mmseg_naslora  # noqa: F401  (registers modules and the checkpoint loader)
-from mmseg_naslora.engine import atomic_io
-from mmseg_naslora.models.utils import adapter_io
-from mmseg_naslora.models.utils.adapter_io import (CHECKSUM_KEY, adapter_state_dict,
-                                                   build_metadata, describe_model,
-                                                   description_diff, load_adapters,
-                                                   read_adapters, save_adapters, sha256_file,
+from mmseg_naslora.checkpoint import adapter_file as adapter_file_module
+from mmseg_naslora.checkpoint import atomic_io
+from mmseg_naslora.checkpoint.adapter_file import (CHECKSUM_KEY, adapter_file_state_dict,
+                                                   adapter_state_dict, build_metadata,
+                                                   describe_model, description_diff,
+                                                   load_adapter_file, read_adapters,
+                                                   save_adapters, sha256_file,
                                                    trainable_state_keys)
 
 
@@ -66,7 +67,7 @@ def test_round_trip_and_outputs(tmp_path, official_sam):
     assert osp.getsize(path) < 0.5 * full
     fresh = MODELS.build(cfg)
     fresh.init_weights()
-    load_adapters(fresh, path, cfg)
+    load_adapter_file(fresh, path)
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         assert torch.equal(model(x, mode='tensor'), fresh.eval()(x, mode='tensor'))
@@ -100,10 +101,10 @@ def test_mismatched_base_is_refused(tmp_path, official_sam):
     model = MODELS.build(cfg_other)
     model.init_weights()
     with pytest.raises(ValueError, match='base checkpoint sha256 differs') as info:
-        load_adapters(model, path, cfg_other)
+        load_adapter_file(model, path)
     assert 'a.safetensors' in str(info.value) and 'strict=False' in str(info.value)
     # strict=False loads anyway (with a warning).
-    load_adapters(model, path, cfg_other, strict=False)
+    load_adapter_file(model, path, strict=False)
     tensors, _ = read_adapters(path)
     assert all(torch.equal(model.state_dict()[k], v) for k, v in tensors.items())
 
@@ -116,11 +117,11 @@ def test_other_adapter_or_arch_is_refused(tmp_path, official_sam):
     cfg_rank = model_cfg(sam_path, adapter=dict(type='LoRA', rank=4, lora_alpha=32))
     model = MODELS.build(cfg_rank)
     with pytest.raises(ValueError, match='model.backbone.adapter') as info:
-        load_adapters(model, path, cfg_rank)
+        load_adapter_file(model, path)
     assert '"rank": 3' in str(info.value) and '"rank": 4' in str(info.value)
     # Shapes that cannot fit are refused even with strict=False.
     with pytest.raises(ValueError, match='shape mismatches'):
-        load_adapters(model, path, cfg_rank, strict=False)
+        load_adapter_file(model, path, strict=False)
 
 
 def test_non_adapter_safetensors_is_refused(tmp_path):
@@ -143,7 +144,7 @@ def test_checkpoint_loader_reads_safetensors_without_pickle(tmp_path, official_s
     monkeypatch.setattr(torch, 'load', no_pickle)
     ckpt = CheckpointLoader.load_checkpoint(path, map_location='cpu')
     assert ckpt['meta']['adapter_file'] == path
-    assert ckpt['meta']['adapter_metadata']['format'] == adapter_io.FORMAT
+    assert ckpt['meta']['adapter_metadata']['format'] == adapter_file_module.FORMAT
     assert set(ckpt['state_dict']) == set(read_adapters(path)[0])
 
 
@@ -195,7 +196,7 @@ def adapter_file(tmp_path, official_sam):
 def test_checksum_is_written_and_corrupted_values_are_refused(adapter_file):
     path, _ = adapter_file
     tensors, meta = read_adapters(path)
-    assert meta[CHECKSUM_KEY] == adapter_io.tensors_checksum(tensors)
+    assert meta[CHECKSUM_KEY] == adapter_file_module.tensors_checksum(tensors)
     with open(path, 'r+b') as f:  # flip one byte of the last tensor's data
         f.seek(-3, 2)
         byte = f.read(1)
@@ -237,7 +238,7 @@ def test_file_without_checksum_loads_with_a_warning(tmp_path, official_sam, monk
     path = str(tmp_path / 'old.safetensors')
     save_file(tensors, path, metadata=build_metadata(cfg))  # as written before the checksum
     warnings = []
-    monkeypatch.setattr(adapter_io, 'print_log',
+    monkeypatch.setattr(adapter_file_module, 'print_log',
                         lambda msg, **kw: warnings.append((msg, kw.get('level'))))
     loaded, meta = read_adapters(path)
     assert CHECKSUM_KEY not in meta and loaded.keys() == tensors.keys()
@@ -258,7 +259,7 @@ def test_same_adapter_config_written_differently_is_accepted(tmp_path, official_
     other = model_cfg(sam_path, adapter=written)
     model = MODELS.build(other)
     model.init_weights()
-    load_adapters(model, path, other)  # strict: must not be refused
+    load_adapter_file(model, path)  # strict: must not be refused
     assert description_diff(describe_model(cfg), describe_model(other)) == []
 
 
@@ -292,3 +293,77 @@ def test_resume_stamp_compares_meaning(official_sam):
     runner.cfg.model.backbone.adapter.alpha = 16
     with pytest.raises(ValueError, match='cannot resume from'):
         AdapterCheckpointHook()._check_stamped_config(runner, stamped)
+
+
+def outputs(model, seed=0):
+    torch.manual_seed(seed)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        return model.eval()(x, mode='tensor')
+
+
+def test_plain_pytorch_load_completes_an_uninitialised_model(tmp_path, official_sam):
+    """``model.load_state_dict`` of the file: each module restores its frozen base itself."""
+    sam, sam_path = official_sam
+    cfg = model_cfg(sam_path)
+    model = trained_model(cfg)
+    path = save_adapters(str(tmp_path / 'a.safetensors'), adapter_state_dict(model), cfg)
+    fresh = MODELS.build(cfg)  # never initialised, as at test time
+    fresh.load_state_dict(adapter_file_state_dict(path), strict=True)
+    assert torch.equal(outputs(model), outputs(fresh))
+    # The frozen weights are the official file's (the reference), not a copy of the model's.
+    official = torch.load(sam_path, weights_only=True)
+    assert torch.equal(fresh.backbone.encoder.blocks[0].attn.qkv.base_layer.weight,
+                       official['image_encoder.blocks.0.attn.qkv.weight'])
+    assert torch.equal(fresh.decode_head.prompt_encoder.no_mask_embed.weight,
+                       official['prompt_encoder.no_mask_embed.weight'])
+
+
+def test_mmseg_init_model_loads_an_adapter_file(tmp_path, official_sam):
+    """mmseg's ``init_model`` (mmengine's ``load_checkpoint``, no runner at all)."""
+    from mmengine.config import Config
+    from mmseg.apis import init_model
+    _, sam_path = official_sam
+    cfg = model_cfg(sam_path)
+    model = trained_model(cfg)
+    path = save_adapters(str(tmp_path / 'a.safetensors'), adapter_state_dict(model), cfg)
+    loaded = init_model(Config(dict(model=cfg)), path, device='cpu')
+    assert torch.equal(outputs(model), outputs(loaded))
+
+
+def test_batchnorm_statistics_of_a_trained_head_are_in_the_file(tmp_path, official_sam):
+    _, sam_path = official_sam
+    cfg = model_cfg(sam_path)
+    cfg['decode_head'] = dict(type='FCNHead', in_channels=32, channels=16, num_convs=1,
+                              num_classes=2, norm_cfg=dict(type='BN'),
+                              loss_decode=dict(type='CrossEntropyLoss'))
+    model = trained_model(cfg)
+    with torch.no_grad():  # stand-in for training statistics
+        for module in model.decode_head.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.normal_()
+                module.running_var.uniform_(0.5, 2.0)
+    path = save_adapters(str(tmp_path / 'a.safetensors'), adapter_state_dict(model), cfg)
+    assert 'decode_head.convs.0.bn.running_var' in read_adapters(path)[0]
+    fresh = MODELS.build(cfg)
+    load_adapter_file(fresh, path)
+    assert torch.equal(outputs(model), outputs(fresh))
+
+
+def test_frozen_weights_without_a_base_checkpoint_are_refused(tmp_path):
+    cfg = model_cfg(None)  # random frozen weights: an adapter file cannot restore them
+    path = save_adapters(str(tmp_path / 'a.safetensors'),
+                         adapter_state_dict(trained_model(cfg)), cfg)
+    with pytest.raises(ValueError, match='no base checkpoint') as info:
+        load_adapter_file(MODELS.build(cfg), path)
+    assert 'a.safetensors' in str(info.value) and 'SAMViT (backbone)' in str(info.value)
+
+
+def test_an_unset_arch_means_the_backbone_default():
+    """A config without ``arch`` records null; the built backbone knows its default."""
+    from mmseg_naslora.checkpoint.adapter_file import describe_backbone
+    adapter = dict(type='LoRA', rank=3, lora_alpha=32)
+    recorded = describe_model(dict(backbone=dict(type='SAMViT', adapter=adapter)))
+    assert json.loads(recorded['arch']) is None
+    assert description_diff(recorded, describe_backbone('SAMViT', 'b', adapter)) == []
+    assert description_diff(recorded, describe_backbone('SAMViT', 'l', adapter)) == ['arch']
