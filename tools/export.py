@@ -34,10 +34,10 @@ from mmengine.runner.checkpoint import _load_checkpoint
 from mmseg.registry import DATASETS, MODELS
 
 import mmseg_naslora  # noqa: F401  (registers modules and the checkpoint loader fix)
-from mmseg_naslora.checkpoint.atomic_io import atomic_torch_save, atomic_write_bytes
-from mmseg_naslora.models.adapters.export import EXPORT_MODES, export_adapters
 from mmseg_naslora.checkpoint.adapter_file import (adapter_state_dict, base_checkpoints,
                                                    load_adapter_file, save_adapters)
+from mmseg_naslora.checkpoint.atomic_io import atomic_torch_save, atomic_write_bytes
+from mmseg_naslora.models.adapters.export import EXPORT_MODES, export_adapters
 from mmseg_naslora.utils.timing import timed_in_turns
 
 

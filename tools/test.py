@@ -7,12 +7,14 @@ or a work dir, whose newest checkpoint is tested. ``.pth`` files load with
 (``--trust-checkpoint`` opts in to full pickle for a trusted file).
 """
 import argparse
+import glob
 import os.path as osp
 
 import torch
 from mmengine.runner import Runner
 
 import mmseg_naslora  # noqa: F401  (registers modules and the checkpoint loader fix)
+from mmseg_naslora.checkpoint.adapter_file import FORMAT, read_safetensors_metadata
 from mmseg_naslora.engine.reliability_defaults import add_reliability_hooks
 from mmseg_naslora.engine.work_dir import find_latest_checkpoint
 from mmseg_naslora.utils.cli import (DistributedSession, add_common_args, apply_tta,
@@ -38,26 +40,34 @@ def parse_args() -> argparse.Namespace:
 def resolve_checkpoint(path: str) -> str:
     """``path`` itself, or the newest checkpoint of the work dir ``path``.
 
-    A work dir without ``iter_*.pth``/``epoch_*.pth`` falls back to its
-    ``adapters.safetensors``.
+    A folder without ``iter_*.pth``/``epoch_*.pth`` falls back to its adapter
+    file: ``adapters.safetensors``, or the one adapter file it holds under
+    another name (several are refused, listed).
     """
-    if osp.isdir(path):
-        found = find_latest_checkpoint(path)
-        adapters = osp.join(path, 'adapters.safetensors')
-        if found is None and osp.isfile(adapters):
-            found = adapters
-        if found is None:
+    if not osp.isdir(path):
+        if not osp.isfile(path):
+            raise SystemExit(f'checkpoint {path!r} does not exist.')
+        return path
+    found = find_latest_checkpoint(path)
+    if found is None:
+        adapters = [p for p in sorted(glob.glob(osp.join(path, '*.safetensors')))
+                    if read_safetensors_metadata(p).get('format') == FORMAT]
+        default = osp.join(path, 'adapters.safetensors')
+        if default in adapters or len(adapters) == 1:
+            found = default if default in adapters else adapters[0]
+        elif adapters:
             raise SystemExit(
-                f'checkpoint {path!r} is a directory without checkpoints (no iter_*.pth, '
-                'epoch_*.pth, last_checkpoint or adapters.safetensors in it); pass a '
-                'checkpoint file, e.g. WORK_DIR/iter_N.pth, or the work dir of a run that '
-                'saved one.')
-        print(f'tools/test.py: {path} is a directory; testing its newest checkpoint {found}',
-              flush=True)
-        return found
-    if not osp.isfile(path):
-        raise SystemExit(f'checkpoint {path!r} does not exist.')
-    return path
+                f'checkpoint {path!r} is a directory with several adapter files '
+                f'({", ".join(osp.basename(p) for p in adapters)}) and no training '
+                'checkpoint; pass the one to test.')
+    if found is None:
+        raise SystemExit(
+            f'checkpoint {path!r} is a directory without checkpoints (no iter_*.pth, '
+            'epoch_*.pth, last_checkpoint or adapter file in it); pass a checkpoint file, '
+            'e.g. WORK_DIR/iter_N.pth, or the work dir of a run that saved one.')
+    print(f'tools/test.py: {path} is a directory; testing its newest checkpoint {found}',
+          flush=True)
+    return found
 
 
 def main() -> None:

