@@ -1,6 +1,6 @@
 """The base of the frozen SAM image encoders: freezing, adapters, base weights."""
 import re
-from typing import Callable, List, Mapping, Optional, Sequence
+from typing import Callable, List, Mapping, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
@@ -53,7 +53,7 @@ class FrozenSAMEncoder(BaseModule):
         self.adapted_layers: List[str] = []
         self.register_load_state_dict_pre_hook(complete_from_base)
 
-    def _freeze_and_adapt(self, arch, adapter: Optional[dict],
+    def _freeze_and_adapt(self, arch: Union[str, dict], adapter: Optional[dict],
                           adapter_blocks: Optional[Sequence[int]]) -> None:
         """Freeze the built modules (with :attr:`freeze`), then inject ``adapter``.
 
