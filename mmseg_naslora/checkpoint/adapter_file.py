@@ -14,8 +14,8 @@ Loading reads top to bottom, the same from ``tools/test.py``, a stock mmseg
 runner (``load_from``) and plain PyTorch:
 
 1. :func:`adapter_file_state_dict` reads and verifies the file and marks the
-   state dict as an adapter file in its ``_metadata`` (torch's per-module
-   load metadata), under the prefix of every module the tensors belong to.
+   state dict as an adapter file for every module in its ``_metadata``
+   (torch's per-module load metadata).
 2. The model loads it (``model.load_state_dict``, or mmengine's
    ``load_state_dict`` behind ``load_from``). Each module with frozen base
    weights (the SAM encoders, the SAM mask-decoder heads, ``AdaptedBackbone``)
@@ -307,13 +307,28 @@ def read_adapters(path: str):
     return tensors, metadata
 
 
+class _AdapterFileRecord(dict):
+    """The ``_metadata`` of an adapter-file state dict: one record for every module.
+
+    torch and mmengine hand each module ``_metadata.get(its prefix, {})`` while
+    they load; this mapping answers every prefix with the file's record, so
+    each module with frozen base weights sees it, whether the file holds
+    trained tensors of that module or not.
+    """
+
+    def __init__(self, record: dict) -> None:
+        super().__init__()
+        self.record = record
+
+    def get(self, key, default=None):
+        return self.record
+
+
 def adapter_file_state_dict(path: str, strict: bool = True) -> 'OrderedDict[str, torch.Tensor]':
     """The tensors of an adapter file, marked for :func:`complete_from_base`.
 
-    torch hands every module ``state_dict._metadata[its prefix]`` while it
-    loads; the record ``{ADAPTER_FILE_KEY: dict(path, metadata, strict)}`` is
-    put under the prefix of every module on the path of a tensor (one shared
-    dict: :func:`set_strict` changes it for all).
+    The state dict's ``_metadata`` (torch's per-module load metadata) gives
+    every module ``{ADAPTER_FILE_KEY: dict(path, metadata, strict)}``.
 
     Args:
         path (str): The adapter file.
@@ -322,19 +337,16 @@ def adapter_file_state_dict(path: str, strict: bool = True) -> 'OrderedDict[str,
     """
     tensors, metadata = read_adapters(path)
     state = OrderedDict(sorted(tensors.items()))
-    record = {ADAPTER_FILE_KEY: dict(path=path, metadata=metadata, strict=strict)}
-    prefixes = {'.'.join(parts[:i]) for parts in (k.split('.') for k in state)
-                for i in range(len(parts))}
-    state._metadata = OrderedDict((prefix, record) for prefix in sorted(prefixes))
+    state._metadata = _AdapterFileRecord(
+        {ADAPTER_FILE_KEY: dict(path=path, metadata=metadata, strict=strict)})
     return state
 
 
 def set_strict(state_dict: Mapping, strict: bool) -> None:
     """Change ``strict`` of an :func:`adapter_file_state_dict`, before it is loaded."""
-    for entry in getattr(state_dict, '_metadata', {}).values():
-        if ADAPTER_FILE_KEY in entry:
-            entry[ADAPTER_FILE_KEY]['strict'] = strict
-            return
+    record = getattr(state_dict, '_metadata', {}).get('', {})
+    if ADAPTER_FILE_KEY in record:
+        record[ADAPTER_FILE_KEY]['strict'] = strict
 
 
 def _refuse_or_warn(msg: str, strict: bool) -> None:
@@ -455,4 +467,4 @@ def load_adapter_file(model: nn.Module, path: str, strict: bool = True) -> Dict[
             + (f'keys not in the model: {result.unexpected_keys[:5]}; '
                if result.unexpected_keys else '')
             + 'build the model from the config the adapters were trained with.', strict)
-    return state._metadata[''][ADAPTER_FILE_KEY]['metadata']
+    return state._metadata.get('')[ADAPTER_FILE_KEY]['metadata']

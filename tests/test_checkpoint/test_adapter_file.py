@@ -367,3 +367,16 @@ def test_an_unset_arch_means_the_backbone_default():
     assert json.loads(recorded['arch']) is None
     assert description_diff(recorded, describe_backbone('SAMViT', 'b', adapter)) == []
     assert description_diff(recorded, describe_backbone('SAMViT', 'l', adapter)) == ['arch']
+
+
+def test_a_frozen_encoder_without_trained_tensors_is_restored_too(tmp_path, official_sam):
+    """Decoder-only configs: the file holds no encoder tensor, the encoder comes from SAM."""
+    _, sam_path = official_sam
+    cfg = model_cfg(sam_path)
+    cfg['backbone']['adapter'] = None
+    model = trained_model(cfg)
+    path = save_adapters(str(tmp_path / 'a.safetensors'), adapter_state_dict(model), cfg)
+    assert not any(k.startswith('backbone.') for k in read_adapters(path)[0])
+    fresh = MODELS.build(cfg)
+    fresh.load_state_dict(adapter_file_state_dict(path), strict=True)
+    assert torch.equal(outputs(model), outputs(fresh))
