@@ -30,6 +30,7 @@ Nothing else of mmengine, mmseg or torch is replaced.
    config that names no backend).
 """
 import os.path as osp
+from pathlib import Path
 from typing import Union
 
 from mmengine.fileio import LocalBackend, register_backend
@@ -70,9 +71,9 @@ def load_from_local(filename: str, map_location=None) -> dict:
 class AtomicLocalBackend(LocalBackend):
     """mmengine's local backend whose writes replace files atomically."""
 
-    def put(self, obj: bytes, filepath: Union[str, 'osp.PathLike']) -> None:
+    def put(self, obj: bytes, filepath: Union[str, Path]) -> None:
         atomic_write_bytes(str(filepath), obj)
 
-    def put_text(self, obj: str, filepath: Union[str, 'osp.PathLike'],
+    def put_text(self, obj: str, filepath: Union[str, Path],
                  encoding: str = 'utf-8') -> None:
         atomic_write_bytes(str(filepath), obj.encode(encoding))
