@@ -37,6 +37,15 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
+def _adapter_format(path: str) -> str:
+    """The ``format`` of a safetensors file; a damaged one is skipped with a message."""
+    try:
+        return read_safetensors_metadata(path).get('format', '')
+    except ValueError as error:
+        print(f'tools/test.py: skipping {path}: {error}', flush=True)
+        return ''
+
+
 def resolve_checkpoint(path: str) -> str:
     """``path`` itself, or the newest checkpoint of the work dir ``path``.
 
@@ -51,7 +60,7 @@ def resolve_checkpoint(path: str) -> str:
     found = find_latest_checkpoint(path)
     if found is None:
         adapters = [p for p in sorted(glob.glob(osp.join(path, '*.safetensors')))
-                    if read_safetensors_metadata(p).get('format') == FORMAT]
+                    if _adapter_format(p) == FORMAT]
         default = osp.join(path, 'adapters.safetensors')
         if default in adapters or len(adapters) == 1:
             found = default if default in adapters else adapters[0]

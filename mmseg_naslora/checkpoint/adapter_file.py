@@ -98,10 +98,20 @@ def describe_model(model_cfg: Mapping) -> Dict[str, str]:
     return describe_backbone(backbone.get('type'), backbone.get('arch'), backbone.get('adapter'))
 
 
+def _registered(registered_type: Any) -> Optional[type]:
+    """The class a config ``type`` builds (None when it is not registered)."""
+    from mmseg.registry import MODELS
+    if isinstance(registered_type, type):
+        return registered_type
+    try:
+        return MODELS.get(registered_type) if isinstance(registered_type, str) else None
+    except KeyError:  # an unknown scope
+        return None
+
+
 def _init_defaults(registered_type: Any) -> Dict[str, Any]:
     """Keyword defaults of a registered class's ``__init__`` (subclasses override bases)."""
-    from mmseg.registry import MODELS
-    cls = MODELS.get(registered_type) if isinstance(registered_type, str) else None
+    cls = _registered(registered_type)
     defaults: Dict[str, Any] = {}
     if cls is None:
         return defaults
@@ -141,9 +151,12 @@ def canonical_description(description: Mapping[str, str]) -> Dict[str, Any]:
     out: Dict[str, Any] = {}
     try:
         backbone_type = json.loads(description.get('backbone') or 'null')
-    except ValueError:
-        backbone_type = None
+    except ValueError:  # kept as text
+        backbone_type = description.get('backbone')
     for field in CHECKED_FIELDS:
+        if field == 'backbone':  # 'mmseg.SAMViT', an alias: the class it builds
+            out[field] = getattr(_registered(backbone_type), '__name__', backbone_type)
+            continue
         text = description.get(field)
         try:
             value = json.loads(text) if isinstance(text, str) else text
@@ -375,6 +388,22 @@ def _base_problems(module: nn.Module, metadata: Mapping[str, str]) -> List[str]:
     return problems
 
 
+def _check_base(module: nn.Module, name: str, metadata: Mapping[str, str], path: str,
+                strict: bool) -> None:
+    problems = _base_problems(module, metadata)
+    if problems:
+        _refuse_or_warn(f'adapter file {path!r} does not match the base model of the config '
+                        f'({name}):\n  ' + '\n  '.join(problems)
+                        + '\nfix: use the config (and base SAM checkpoint) the adapters were '
+                        'trained with, or pass strict=False to load anyway.', strict)
+
+
+def has_base_weights(module: nn.Module) -> bool:
+    """Whether ``module`` completes adapter files (:func:`complete_from_base` is its pre-hook)."""
+    return any(getattr(hook, 'hook', hook) is complete_from_base
+               for hook in module._load_state_dict_pre_hooks.values())
+
+
 def complete_from_base(module: nn.Module, state_dict: Dict[str, torch.Tensor], prefix: str,
                        local_metadata: Mapping, *args) -> None:
     """Load pre-hook of a module with frozen base weights: complete an adapter file.
@@ -397,14 +426,15 @@ def complete_from_base(module: nn.Module, state_dict: Dict[str, torch.Tensor], p
         return
     path, strict = record['path'], record['strict']
     name = f'{type(module).__name__} ({prefix[:-1] or "the model"})'
-    problems = _base_problems(module, record['metadata'])
-    if problems:
-        _refuse_or_warn(f'adapter file {path!r} does not match the base model of the config '
-                        f'({name}):\n  ' + '\n  '.join(problems)
-                        + '\nfix: use the config (and base SAM checkpoint) the adapters were '
-                        'trained with, or pass strict=False to load anyway.', strict)
-    own = module.state_dict()
-    given = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+    _check_base(module, name, record['metadata'], path, strict)
+    # A nested module with base weights completes its own part.
+    nested = tuple(f'{n}.' for n, child in module.named_modules() if n and has_base_weights(child))
+
+    def own_state() -> Dict[str, torch.Tensor]:
+        return {k: v for k, v in module.state_dict().items() if not k.startswith(nested)}
+    own = own_state()
+    given = {k[len(prefix):]: v for k, v in state_dict.items()
+             if k.startswith(prefix) and not k[len(prefix):].startswith(nested)}
     unexpected = sorted(k for k in given if k not in own)
     shapes = [f'{prefix}{k}: file {tuple(v.shape)}, model {tuple(own[k].shape)}'
               for k, v in given.items() if k in own and own[k].shape != v.shape]
@@ -415,8 +445,8 @@ def complete_from_base(module: nn.Module, state_dict: Dict[str, torch.Tensor], p
                f'{[prefix + k for k in unexpected[:5]]}; ' if unexpected else '')
             + (f'shape mismatches: {shapes[:5]}; ' if shapes else '')
             + 'build the model from the config the adapters were trained with.')
-    trainable = set(trainable_state_keys(module))
-    missing = sorted(trainable - set(given))
+    trainable = set(trainable_state_keys(module)) & set(own)
+    missing = sorted(k for k in trainable - set(given) if not k.endswith('num_batches_tracked'))
     if missing:
         _refuse_or_warn(f'adapter file {path!r} lacks {len(missing)} trainable tensor(s) of '
                         f'{name}: {[prefix + k for k in missing[:5]]}; was it written for '
@@ -431,11 +461,46 @@ def complete_from_base(module: nn.Module, state_dict: Dict[str, torch.Tensor], p
                         'file the adapters were trained on.', strict)
     elif not getattr(module, 'is_init', False):
         module.init_weights()
-        own = module.state_dict()
+        own = own_state()
         print_log(f'{name}: frozen weights from {module.checkpoint}, trained tensors from '
                   f'{path}', logger='current')
     for key in frozen:
         state_dict[prefix + key] = own[key]
+
+
+def check_adapter_tensors(model: nn.Module, tensors: Mapping[str, torch.Tensor], path: str,
+                          strict: bool = True) -> None:
+    """Check an :func:`adapter_file_state_dict` against the whole model, before loading it.
+
+    The base and config of every module with base weights are checked
+    first (as in :func:`complete_from_base`); then unknown keys and shape
+    mismatches are always refused, and trainable tensors of the model that
+    the file lacks are refused with ``strict`` (else a warning). The modules with base weights check their own part again in
+    :func:`complete_from_base`; this covers the others (an mmseg head or
+    neck), whose mismatches mmengine's non-strict load only logs.
+    """
+    metadata = tensors._metadata.get('')[ADAPTER_FILE_KEY]['metadata']
+    for name, module in model.named_modules():  # the config first: it names the cause
+        if has_base_weights(module):
+            _check_base(module, f'{type(module).__name__} ({name or "the model"})', metadata,
+                        path, strict)
+    own = model.state_dict()
+    unexpected = sorted(k for k in tensors if k not in own)
+    shapes = [f'{k}: file {tuple(v.shape)}, model {tuple(own[k].shape)}'
+              for k, v in tensors.items() if k in own and own[k].shape != v.shape]
+    if unexpected or shapes:
+        raise ValueError(
+            f'adapter file {path!r} does not fit {type(model).__name__}: '
+            + (f'keys not in the model ({len(unexpected)}): {unexpected[:5]}; '
+               if unexpected else '')
+            + (f'shape mismatches: {shapes[:5]}; ' if shapes else '')
+            + 'build the model from the config the adapters were trained with.')
+    missing = sorted(k for k in set(trainable_state_keys(model)) - set(tensors)
+                     if not k.endswith('num_batches_tracked'))
+    if missing:
+        _refuse_or_warn(f'adapter file {path!r} lacks {len(missing)} trainable tensor(s) of '
+                        f'{type(model).__name__}: {missing[:5]}; was it written for another '
+                        'head or adapter config?', strict)
 
 
 def load_adapter_file(model: nn.Module, path: str, strict: bool = True) -> Dict[str, str]:
@@ -454,17 +519,15 @@ def load_adapter_file(model: nn.Module, path: str, strict: bool = True) -> Dict[
     Returns:
         dict: The file's metadata.
     """
-    if not hasattr(model, 'backbone') and hasattr(model, 'module'):  # a TTA model
+    while not hasattr(model, 'backbone') and hasattr(model, 'module'):  # DDP, TTA model
         model = model.module
     state = adapter_file_state_dict(path, strict)
+    check_adapter_tensors(model, state, path, strict)
     result = model.load_state_dict(state, strict=False)
     missing = [k for k in result.missing_keys if not k.endswith('num_batches_tracked')]
-    if missing or result.unexpected_keys:
+    if missing:
         _refuse_or_warn(
-            f'adapter file {path!r} does not fit {type(model).__name__}: '
-            + (f'{len(missing)} weight(s) that neither the file nor a base checkpoint '
-               f'supplies: {missing[:5]}; ' if missing else '')
-            + (f'keys not in the model: {result.unexpected_keys[:5]}; '
-               if result.unexpected_keys else '')
-            + 'build the model from the config the adapters were trained with.', strict)
+            f'adapter file {path!r} does not fit {type(model).__name__}: {len(missing)} '
+            f'weight(s) that neither the file nor a base checkpoint supplies: {missing[:5]}; '
+            'build the model from the config the adapters were trained with.', strict)
     return state._metadata.get('')[ADAPTER_FILE_KEY]['metadata']

@@ -9,7 +9,7 @@ Nothing else of mmengine, mmseg or torch is replaced.
    refuses mmengine's training checkpoints (message hub, numpy state), and
    an older torch runs any pickle code in them. :func:`load_from_local`
    serves ``load_from``, ``--resume``, ``tools/test.py CKPT``,
-   ``init_cfg=dict(type='Pretrained')`` and mmseg's ``init_model``:
+   ``init_cfg=dict(type='Pretrained')`` (without ``prefix``) and mmseg's ``init_model``:
 
    - ``.pth`` files load with :func:`~.safe_load.load_pth`
      (``weights_only=True`` and the allow-list of the types mmengine writes);
@@ -25,9 +25,11 @@ Nothing else of mmengine, mmseg or torch is replaced.
    so a crash, a kill or a full disk during a save leaves a truncated
    ``iter_N.pth`` that ``--resume`` fails on. The schedules'
    ``CheckpointHook(backend_args=dict(backend='atomic_local'))`` write every
-   checkpoint, ``best_*.pth`` and ``last_checkpoint`` through
-   :func:`~.atomic_io.atomic_write` instead (``tools/train.py`` sets it on a
-   config that names no backend).
+   ``iter_N.pth``/``epoch_N.pth`` and ``best_*.pth`` through
+   :func:`~.atomic_io.atomic_write` instead (the tools set it on a config
+   that names no backend). mmengine writes the ``last_checkpoint`` pointer
+   with a plain ``open``; the package's resume does not trust it and scans
+   the work dir (:mod:`mmseg_naslora.engine.work_dir`).
 """
 import os.path as osp
 from pathlib import Path
@@ -72,8 +74,19 @@ class AtomicLocalBackend(LocalBackend):
     """mmengine's local backend whose writes replace files atomically."""
 
     def put(self, obj: bytes, filepath: Union[str, Path]) -> None:
-        atomic_write_bytes(str(filepath), obj)
+        atomic_write_bytes(_local(filepath), obj)
 
     def put_text(self, obj: str, filepath: Union[str, Path],
                  encoding: str = 'utf-8') -> None:
-        atomic_write_bytes(str(filepath), obj.encode(encoding))
+        atomic_write_bytes(_local(filepath), obj.encode(encoding))
+
+
+def _local(filepath: Union[str, Path]) -> str:
+    """``filepath`` as a string; a URI (``s3://...``) is refused with the fix."""
+    filepath = str(filepath)
+    if '://' in filepath:
+        raise ValueError(
+            f"backend 'atomic_local' writes local files only, not {filepath}; for a remote "
+            'out_dir set default_hooks.checkpoint.backend_args=None (or the args of your '
+            'storage backend).')
+    return filepath

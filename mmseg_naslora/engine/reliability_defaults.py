@@ -38,7 +38,8 @@ def add_reliability_hooks(cfg: Config) -> None:
     An entry the config sets to None is removed (mmengine accepts None only
     for its own default hook names); an entry without ``type`` updates the
     default's arguments. A checkpoint hook without ``backend_args`` (or
-    mmengine's default one) gets the atomic backend.
+    mmengine's default one) gets the atomic backend; one with a remote
+    ``out_dir`` or ``file_client_args`` loses the schedules' atomic backend.
     """
     hooks = cfg.get('default_hooks')
     if hooks is None:
@@ -53,7 +54,14 @@ def add_reliability_hooks(cfg: Config) -> None:
             # e.g. --cfg-options default_hooks.adapter_checkpoint.strict=False
             hooks[name] = dict(copy.deepcopy(hook), **hooks[name])
     checkpoint = hooks.get('checkpoint', dict(type='CheckpointHook', interval=1))  # mmengine's
-    remote = '://' in str((checkpoint or {}).get('out_dir') or '')
-    if checkpoint is not None and not remote and not checkpoint.get('backend_args') \
-            and not checkpoint.get('file_client_args'):
+    if checkpoint is None:
+        return
+    # The atomic backend writes local files; a remote out_dir or the legacy
+    # file_client_args need mmengine's own choice of backend.
+    elsewhere = '://' in str(checkpoint.get('out_dir') or '') \
+        or bool(checkpoint.get('file_client_args'))
+    backend = checkpoint.get('backend_args')
+    if elsewhere and backend == ATOMIC_BACKEND_ARGS:
+        hooks['checkpoint'] = dict(checkpoint, backend_args=None)
+    elif not elsewhere and not backend:
         hooks['checkpoint'] = dict(checkpoint, backend_args=copy.deepcopy(ATOMIC_BACKEND_ARGS))

@@ -380,3 +380,63 @@ def test_a_frozen_encoder_without_trained_tensors_is_restored_too(tmp_path, offi
     fresh = MODELS.build(cfg)
     fresh.load_state_dict(adapter_file_state_dict(path), strict=True)
     assert torch.equal(outputs(model), outputs(fresh))
+
+
+def fcn_cfg(sam_path, channels=16):
+    cfg = model_cfg(sam_path)
+    cfg['decode_head'] = dict(type='FCNHead', in_channels=32, channels=channels, num_convs=1,
+                              num_classes=2, norm_cfg=dict(type='BN'),
+                              loss_decode=dict(type='CrossEntropyLoss'))
+    return cfg
+
+
+def test_the_hook_checks_the_modules_without_base_weights(tmp_path, official_sam):
+    """An mmseg head has no load pre-hook, and mmengine's non-strict load only logs its
+    mismatch: the AdapterCheckpointHook (every config's default_hooks) refuses it."""
+    from types import SimpleNamespace
+
+    from mmengine.config import Config
+
+    from mmseg_naslora.engine.hooks.adapter_checkpoint_hook import AdapterCheckpointHook
+    _, sam_path = official_sam
+    cfg = fcn_cfg(sam_path)
+    path = save_adapters(str(tmp_path / 'a.safetensors'),
+                         adapter_state_dict(trained_model(cfg)), cfg)
+    other = fcn_cfg(sam_path, channels=8)
+    runner = SimpleNamespace(model=MODELS.build(other), cfg=Config(dict(model=other)),
+                             _resume=False)
+    checkpoint = CheckpointLoader.load_checkpoint(path, map_location='cpu')
+    with pytest.raises(ValueError, match='shape mismatches') as info:
+        AdapterCheckpointHook().after_load_checkpoint(runner, checkpoint)
+    assert 'decode_head.conv' in str(info.value) and path in str(info.value)
+    # load_adapter_file gives the same refusal.
+    with pytest.raises(ValueError, match='shape mismatches'):
+        load_adapter_file(MODELS.build(other), path)
+
+
+def test_a_nested_module_with_base_weights_completes_its_own_part(tmp_path, official_sam):
+    from mmseg_naslora.checkpoint.adapter_file import complete_from_base
+    _, sam_path = official_sam
+    backbone = model_cfg(sam_path)['backbone']
+
+    class Outer(torch.nn.Module):
+        """A module with base weights (none of its own frozen) around the SAM encoder."""
+
+        def __init__(self):
+            super().__init__()
+            self.checkpoint = None
+            self.scale = torch.nn.Parameter(torch.ones(1))
+            self.inner = MODELS.build(backbone)
+            self.register_load_state_dict_pre_hook(complete_from_base)
+
+    trained = Outer()
+    trained.inner.init_weights()
+    with torch.no_grad():
+        for p in trained.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.05)
+    path = save_adapters(str(tmp_path / 'a.safetensors'), adapter_state_dict(trained),
+                         dict(backbone=backbone))
+    fresh = Outer()
+    fresh.load_state_dict(adapter_file_state_dict(path), strict=True)
+    assert all(torch.equal(fresh.state_dict()[k], v) for k, v in trained.state_dict().items())

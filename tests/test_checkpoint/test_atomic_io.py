@@ -66,11 +66,14 @@ def test_the_atomic_backend_of_the_checkpoint_hook(tmp_path, monkeypatch):
     backend = get_file_backend(path, backend_args=ATOMIC_BACKEND_ARGS)
     assert isinstance(backend, AtomicLocalBackend) and isinstance(backend, LocalBackend)
     backend.put(b'good checkpoint', path)
-    backend.put_text('iter_4.pth', str(tmp_path / 'last_checkpoint'))
+    backend.put_text('step 4', str(tmp_path / 'notes.txt'))
     monkeypatch.setattr(atomic_io, 'open', lambda p, mode: FullDisk(p, mode), raising=False)
     with pytest.raises(OSError, match=f'no space left on device while writing {path}'):
         backend.put(b'x' * 1000, path)
     monkeypatch.undo()
     assert open(path, 'rb').read() == b'good checkpoint'
-    assert (tmp_path / 'last_checkpoint').read_text() == 'iter_4.pth'
+    assert (tmp_path / 'notes.txt').read_text() == 'step 4'
     assert not glob.glob(osp.join(str(tmp_path), '.*tmp*'))
+    # A remote path is refused with the fix, not written to a local folder named 's3:'.
+    with pytest.raises(ValueError, match='backend_args=None'):
+        backend.put(b'x', 's3://bucket/run/iter_4.pth')

@@ -212,3 +212,9 @@ def test_reliability_hooks_defaults_and_overrides():
         cfg = Config(dict(default_hooks=dict(checkpoint=own)))
         add_reliability_hooks(cfg)
         assert cfg.default_hooks.checkpoint == own
+    # A schedule's atomic backend is dropped for a remote out_dir or file_client_args.
+    schedule = dict(type='CheckpointHook', backend_args=dict(backend='atomic_local'))
+    for change in (dict(out_dir='s3://bucket/run'), dict(file_client_args=dict(backend='disk'))):
+        cfg = Config(dict(default_hooks=dict(checkpoint=dict(schedule, **change))))
+        add_reliability_hooks(cfg)
+        assert cfg.default_hooks.checkpoint == dict(schedule, backend_args=None, **change)

@@ -60,6 +60,7 @@ def test_test_dir_finds_an_adapter_file_under_any_name(tmp_path):
     shared = tmp_path / 'shared'
     shared.mkdir()
     save_file({'w': torch.zeros(1)}, str(shared / 'plain.safetensors'))  # not an adapter file
+    (shared / 'damaged.safetensors').write_bytes(b'\x00' * 3)  # skipped, named
     save_file({'w': torch.zeros(1)}, str(shared / 'kvasir_lora.safetensors'),
               metadata={'format': FORMAT})
     assert resolve_checkpoint(str(shared)) == str(shared / 'kvasir_lora.safetensors')

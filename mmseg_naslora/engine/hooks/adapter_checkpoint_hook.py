@@ -9,8 +9,9 @@ from mmengine.hooks import Hook
 from mmengine.logging import print_log
 from mmseg.registry import HOOKS
 
-from ...checkpoint.adapter_file import (adapter_state_dict, describe_model, description_diff,
-                                         save_adapters, set_strict)
+from ...checkpoint.adapter_file import (adapter_state_dict, check_adapter_tensors,
+                                         describe_model, description_diff, save_adapters,
+                                         set_strict)
 from ...utils.model import unwrap_model
 
 
@@ -50,8 +51,11 @@ class AdapterCheckpointHook(Hook):
     - ``load_from='adapters.safetensors'`` (``tools/test.py CONFIG FILE``):
       the model completes the file from its base checkpoints as it loads
       it (:mod:`mmseg_naslora.checkpoint.adapter_file`), with or without
-      this hook; the hook passes its ``strict`` on and refuses ``--resume``
-      from an adapter file (it has no optimizer state or iteration).
+      this hook; the hook checks the file against the whole model first
+      (mmengine's non-strict load would only log a mismatch in a module
+      without base weights, e.g. an mmseg head), passes its ``strict`` on and
+      refuses ``--resume`` from an adapter file (it has no optimizer state
+      or iteration).
     - a ``.pth`` checkpoint (``--resume``, ``load_from``) whose stamped
       adapter config differs in meaning from the config's is refused: its
       tensors would not fit, or would silently be dropped.
@@ -127,6 +131,8 @@ class AdapterCheckpointHook(Hook):
                     'weights only (no optimizer, scheduler or iteration). Use load_from (or '
                     'tools/test.py) for adapter files, and --resume with a .pth training '
                     'checkpoint.')
+            check_adapter_tensors(self._model(runner), checkpoint['state_dict'],
+                                  meta['adapter_file'], self.strict)
             set_strict(checkpoint['state_dict'], self.strict)
             return
         self._check_stamped_config(runner, meta.get('adapter_cfg'))
