@@ -404,6 +404,28 @@ def has_base_weights(module: nn.Module) -> bool:
                for hook in module._load_state_dict_pre_hooks.values())
 
 
+def _check_fit(name: str, path: str, own: Mapping[str, torch.Tensor],
+               given: Mapping[str, torch.Tensor], trainable: set, strict: bool,
+               prefix: str = '') -> None:
+    """Refuse file tensors unknown to ``own`` or of other shapes; refuse or warn
+    (``strict``) about ``trainable`` keys the file lacks. Keys are shown with ``prefix``."""
+    unexpected = sorted(k for k in given if k not in own)
+    shapes = [f'{prefix}{k}: file {tuple(v.shape)}, model {tuple(own[k].shape)}'
+              for k, v in given.items() if k in own and own[k].shape != v.shape]
+    if unexpected or shapes:
+        raise ValueError(
+            f'adapter file {path!r} does not fit {name}: '
+            + (f'keys not in the model ({len(unexpected)}): '
+               f'{[prefix + k for k in unexpected[:5]]}; ' if unexpected else '')
+            + (f'shape mismatches: {shapes[:5]}; ' if shapes else '')
+            + 'build the model from the config the adapters were trained with.')
+    missing = sorted(k for k in trainable - set(given) if not k.endswith('num_batches_tracked'))
+    if missing:
+        _refuse_or_warn(f'adapter file {path!r} lacks {len(missing)} trainable tensor(s) of '
+                        f'{name}: {[prefix + k for k in missing[:5]]}; was it written for '
+                        'another head or adapter config?', strict)
+
+
 def complete_from_base(module: nn.Module, state_dict: Dict[str, torch.Tensor], prefix: str,
                        local_metadata: Mapping, *args) -> None:
     """Load pre-hook of a module with frozen base weights: complete an adapter file.
@@ -435,22 +457,8 @@ def complete_from_base(module: nn.Module, state_dict: Dict[str, torch.Tensor], p
     own = own_state()
     given = {k[len(prefix):]: v for k, v in state_dict.items()
              if k.startswith(prefix) and not k[len(prefix):].startswith(nested)}
-    unexpected = sorted(k for k in given if k not in own)
-    shapes = [f'{prefix}{k}: file {tuple(v.shape)}, model {tuple(own[k].shape)}'
-              for k, v in given.items() if k in own and own[k].shape != v.shape]
-    if unexpected or shapes:
-        raise ValueError(
-            f'adapter file {path!r} does not fit {name}: '
-            + (f'keys not in the model ({len(unexpected)}): '
-               f'{[prefix + k for k in unexpected[:5]]}; ' if unexpected else '')
-            + (f'shape mismatches: {shapes[:5]}; ' if shapes else '')
-            + 'build the model from the config the adapters were trained with.')
     trainable = set(trainable_state_keys(module)) & set(own)
-    missing = sorted(k for k in trainable - set(given) if not k.endswith('num_batches_tracked'))
-    if missing:
-        _refuse_or_warn(f'adapter file {path!r} lacks {len(missing)} trainable tensor(s) of '
-                        f'{name}: {[prefix + k for k in missing[:5]]}; was it written for '
-                        'another head or adapter config?', strict)
+    _check_fit(name, path, own, given, trainable, strict, prefix)
     frozen = [k for k in own if k not in trainable and k not in given]
     if not frozen:
         return
@@ -475,32 +483,17 @@ def check_adapter_tensors(model: nn.Module, tensors: Mapping[str, torch.Tensor],
     The base and config of every module with base weights are checked
     first (as in :func:`complete_from_base`); then unknown keys and shape
     mismatches are always refused, and trainable tensors of the model that
-    the file lacks are refused with ``strict`` (else a warning). The modules with base weights check their own part again in
-    :func:`complete_from_base`; this covers the others (an mmseg head or
-    neck), whose mismatches mmengine's non-strict load only logs.
+    the file lacks are refused with ``strict`` (else a warning). This covers
+    the modules without base weights too (an mmseg head or neck), whose
+    mismatches mmengine's non-strict load only logs.
     """
     metadata = tensors._metadata.get('')[ADAPTER_FILE_KEY]['metadata']
     for name, module in model.named_modules():  # the config first: it names the cause
         if has_base_weights(module):
             _check_base(module, f'{type(module).__name__} ({name or "the model"})', metadata,
                         path, strict)
-    own = model.state_dict()
-    unexpected = sorted(k for k in tensors if k not in own)
-    shapes = [f'{k}: file {tuple(v.shape)}, model {tuple(own[k].shape)}'
-              for k, v in tensors.items() if k in own and own[k].shape != v.shape]
-    if unexpected or shapes:
-        raise ValueError(
-            f'adapter file {path!r} does not fit {type(model).__name__}: '
-            + (f'keys not in the model ({len(unexpected)}): {unexpected[:5]}; '
-               if unexpected else '')
-            + (f'shape mismatches: {shapes[:5]}; ' if shapes else '')
-            + 'build the model from the config the adapters were trained with.')
-    missing = sorted(k for k in set(trainable_state_keys(model)) - set(tensors)
-                     if not k.endswith('num_batches_tracked'))
-    if missing:
-        _refuse_or_warn(f'adapter file {path!r} lacks {len(missing)} trainable tensor(s) of '
-                        f'{type(model).__name__}: {missing[:5]}; was it written for another '
-                        'head or adapter config?', strict)
+    _check_fit(type(model).__name__, path, model.state_dict(), tensors,
+               set(trainable_state_keys(model)), strict)
 
 
 def load_adapter_file(model: nn.Module, path: str, strict: bool = True) -> Dict[str, str]:
